@@ -1,0 +1,138 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from transformerkit import ModelConfig
+from transformerkit.nn import KVCache, MultiHeadAttention, fused_attention, scaled_dot_product_attention
+from transformerkit.nn.masks import attention_mask, causal_mask, to_key_padding
+
+
+def config(**changes):
+    return ModelConfig(**{"family": "decoder", "d_model": 32, "n_heads": 4, "d_ff": 64, "vocab_size": 50,
+                          "dropout": 0.0, **changes})
+
+
+def qkv(B=2, H=4, Hkv=4, Tq=5, Tk=5, D=8):
+    return torch.randn(B, H, Tq, D), torch.randn(B, Hkv, Tk, D), torch.randn(B, Hkv, Tk, D)
+
+
+def test_written_out_matches_the_formula():
+    q, k, v = qkv()
+    out, weights = scaled_dot_product_attention(q, k, v)
+    expected_weights = torch.softmax(q @ k.transpose(-2, -1) / 8**0.5, dim=-1)
+    torch.testing.assert_close(weights, expected_weights)
+    torch.testing.assert_close(out, expected_weights @ v)
+
+
+@pytest.mark.parametrize("Hkv", [4, 2, 1])
+@pytest.mark.parametrize("kind", ["none", "padding", "causal", "both"])
+def test_fused_equals_written_out(kind, Hkv):
+    q, k, v = qkv(Hkv=Hkv, Tq=6, Tk=6)
+    key_mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    mask, is_causal = attention_mask(key_mask if kind in ("padding", "both") else None, 6, 6, kind in ("causal", "both"))
+    written, _ = scaled_dot_product_attention(q, k, v, mask, is_causal)
+    torch.testing.assert_close(fused_attention(q, k, v, mask, is_causal), written, atol=1e-6, rtol=1e-5)
+
+
+def test_weights_sum_to_one_and_are_zero_where_masked():
+    q, k, v = qkv(Tq=4, Tk=6)
+    key_mask = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])
+    mask, _ = attention_mask(key_mask, 4, 6, causal=False)
+    _, weights = scaled_dot_product_attention(q, k, v, mask)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 4))
+    assert (weights[1, :, :, 3:] == 0).all()
+
+
+def test_causal_mask_is_bottom_right_aligned():
+    assert causal_mask(2, 4).tolist() == [[True, True, True, False], [True, True, True, True]]
+    assert causal_mask(3, 3).tolist() == [[True, False, False], [True, True, False], [True, True, True]]
+
+
+def test_fully_masked_rows_do_not_produce_nan():
+    key_mask = torch.tensor([[False, False, True, True]])  # left padding under a causal mask
+    mask, _ = attention_mask(key_mask, 4, 4, causal=True)
+    q, k, v = qkv(B=1, Tq=4, Tk=4)
+    assert torch.isfinite(fused_attention(q, k, v, mask)).all()
+    assert torch.isfinite(scaled_dot_product_attention(q, k, v, mask)[0]).all()
+
+
+def copy_into_torch(ours: MultiHeadAttention, d_model: int, n_heads: int) -> nn.MultiheadAttention:
+    reference = nn.MultiheadAttention(d_model, n_heads, batch_first=True)
+    with torch.no_grad():
+        reference.in_proj_weight.copy_(torch.cat([ours.q_proj.weight, ours.k_proj.weight, ours.v_proj.weight]))
+        reference.in_proj_bias.copy_(torch.cat([ours.q_proj.bias, ours.k_proj.bias, ours.v_proj.bias]))
+        reference.out_proj.weight.copy_(ours.o_proj.weight)
+        reference.out_proj.bias.copy_(ours.o_proj.bias)
+    return reference.eval()
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_self_attention_matches_torch_with_padding_and_causal_masks(fused):
+    ours = MultiHeadAttention(config()).eval()
+    ours.fused = fused
+    reference = copy_into_torch(ours, 32, 4)
+    x = torch.randn(3, 7, 32)
+    key_mask = torch.ones(3, 7, dtype=torch.bool)
+    key_mask[1, 5:] = False
+    key_mask[2, 2:] = False
+    mask, is_causal = attention_mask(key_mask, 7, 7, causal=False)
+    expected, _ = reference(x, x, x, key_padding_mask=to_key_padding(key_mask))
+    torch.testing.assert_close(ours(x, mask, is_causal), expected, atol=1e-6, rtol=1e-5)
+    # causal: torch wants True = ignore, the upper triangle
+    mask, is_causal = attention_mask(None, 7, 7, causal=True)
+    expected, _ = reference(x, x, x, attn_mask=~causal_mask(7, 7))
+    torch.testing.assert_close(ours(x, mask, is_causal), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_cross_attention_matches_torch():
+    ours = MultiHeadAttention(config()).eval()
+    reference = copy_into_torch(ours, 32, 4)
+    x, memory = torch.randn(2, 5, 32), torch.randn(2, 9, 32)
+    memory_mask = torch.ones(2, 9, dtype=torch.bool)
+    memory_mask[0, 6:] = False
+    expected, _ = reference(x, memory, memory, key_padding_mask=to_key_padding(memory_mask))
+    out = ours(x, memory_mask[:, None, None, :], memory_kv=ours.project_memory(memory))
+    assert out.shape == (2, 5, 32)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_kv_heads", [1, 2])
+def test_grouped_query_equals_multi_head_with_shared_key_value_heads(n_kv_heads):
+    gqa = MultiHeadAttention(config(n_kv_heads=n_kv_heads, bias=False)).eval()
+    mha = MultiHeadAttention(config(bias=False)).eval()
+    repeat = 4 // n_kv_heads
+    with torch.no_grad():
+        mha.q_proj.weight.copy_(gqa.q_proj.weight)
+        mha.o_proj.weight.copy_(gqa.o_proj.weight)
+        for name in ("k_proj", "v_proj"):  # each key/value head serves `repeat` query heads
+            w = getattr(gqa, name).weight.view(n_kv_heads, 8, 32).repeat_interleave(repeat, dim=0)
+            getattr(mha, name).weight.copy_(w.reshape(32, 32))
+    assert gqa.k_proj.weight.shape == (n_kv_heads * 8, 32)
+    x = torch.randn(2, 6, 32)
+    torch.testing.assert_close(gqa(x, is_causal=True), mha(x, is_causal=True), atol=1e-6, rtol=1e-5)
+
+
+def test_kv_cache_step_by_step_equals_full_causal_attention():
+    attention = MultiHeadAttention(config(n_kv_heads=2)).eval()
+    x = torch.randn(2, 6, 32)
+    full = attention(x, is_causal=True)
+    cache = KVCache(2, 2, 10, 8, torch.float32, "cpu")
+    prefix = attention(x[:, :3], is_causal=True, cache=cache, position=0)
+    steps = [attention(x[:, t:t + 1], cache=cache, position=t) for t in range(3, 6)]
+    torch.testing.assert_close(torch.cat([prefix, *steps], dim=1), full, atol=1e-6, rtol=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(tq=st.integers(1, 6), extra=st.integers(0, 4), heads=st.sampled_from([(4, 4), (4, 2), (4, 1)]),
+       pad=st.integers(0, 3))
+def test_fused_equals_written_out_for_any_shape(tq, extra, heads, pad):
+    tk = tq + extra
+    q, k, v = qkv(H=heads[0], Hkv=heads[1], Tq=tq, Tk=tk)
+    key_mask = torch.ones(2, tk, dtype=torch.bool)
+    key_mask[1, tk - min(pad, tk - 1):] = False
+    mask, is_causal = attention_mask(key_mask, tq, tk, causal=True)
+    written, weights = scaled_dot_product_attention(q, k, v, mask, is_causal)
+    torch.testing.assert_close(fused_attention(q, k, v, mask, is_causal), written, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(weights.sum(-1), torch.ones_like(weights.sum(-1)))

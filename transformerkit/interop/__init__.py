@@ -1,0 +1,1 @@
+"""Reading and writing other tools' checkpoints: Hugging Face folders and GGUF files."""

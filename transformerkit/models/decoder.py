@@ -1,0 +1,51 @@
+"""DecoderOnly: a causal language model. GPT-2 and LLaMA are two configs of this one class.
+
+Data flow: token ids (B, T) -> embeddings (B, T, C) -> N causal blocks -> final norm -> output layer
+-> logits (B, T, V): at every position, scores for the next token.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..config import ModelConfig
+from ..errors import ConfigError
+from ..nn import DecodeState, TokenEmbedding, TransformerStack
+from ..nn.init import init_weights
+from ..nn.masks import real_tokens
+
+
+class DecoderOnly(nn.Module):
+    """Each position attends to itself and earlier positions only, so one forward pass trains every next-token
+    prediction in the sequence at once, and generation can cache the past (see `start`)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.family != "decoder":
+            raise ConfigError(f"family: DecoderOnly needs 'decoder', got {config.family!r}")
+        self.config = config
+        tokens = TokenEmbedding(config.vocab_size, config.d_model, config.scale_embeddings)
+        self.decoder = TransformerStack(config, config.n_layers, causal=True, cross_attention=False, tokens=tokens)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=config.output_bias)
+        init_weights(self, config)
+        if config.tie_embeddings:
+            self.lm_head.weight = tokens.weight
+        self.tokenizer = None  # a `tokenizers.Tokenizer`, when the model came with one
+        self.chat_template: str | None = None
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, state: DecodeState | None = None) -> Tensor:
+        """input_ids (B, T), attention_mask (B, T) true at real tokens -> logits (B, T, V).
+
+        With a state (from `start`), the T tokens continue what the state holds and are added to its cache.
+        """
+        return self.lm_head(self.decoder(input_ids, real_tokens(attention_mask), state=state))
+
+    def start(self, batch_size: int, max_len: int) -> DecodeState:
+        """An empty KV cache for `batch_size` sequences of up to `max_len` tokens."""
+        weight = self.lm_head.weight
+        return self.decoder.start(batch_size, max_len, weight.dtype, weight.device)
+
+    def step(self, input_ids: Tensor, state: DecodeState, attention_mask: Tensor | None = None) -> Tensor:
+        """Feed the next tokens (B, T) -> logits (B, T, V); the state advances by T."""
+        return self(input_ids, attention_mask, state)

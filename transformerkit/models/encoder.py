@@ -1,0 +1,89 @@
+"""EncoderOnly: a bidirectional encoder (BERT): it reads a whole sentence at once to understand it.
+
+Data flow: token ids (B, T) (+ token types) -> embeddings -> N bidirectional blocks -> hidden states
+(B, T, C) -> a head: masked-token logits (B, T, V), a sentence vector (B, C), or class logits (B, K).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import ModelConfig
+from ..errors import ConfigError
+from ..nn import TokenEmbedding, TransformerStack
+from ..nn.feedforward import ACTIVATIONS
+from ..nn.init import init_weights
+from ..nn.masks import real_tokens
+from ..nn.norm import make_norm
+
+
+class MLMHead(nn.Module):
+    """BERT's masked-LM head: dense + activation + norm, then the output layer over the vocabulary."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.d_model, config.d_model)
+        self.act = ACTIVATIONS[config.activation]
+        self.norm = make_norm(config)
+        self.output = nn.Linear(config.d_model, config.vocab_size, bias=config.output_bias)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return self.output(self.norm(self.act(self.dense(hidden))))  # (B, T, C) -> (B, T, V)
+
+
+class EncoderOnly(nn.Module):
+    """Every position attends to every other (padding aside): no causal mask, nothing is generated."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.family != "encoder":
+            raise ConfigError(f"family: EncoderOnly needs 'encoder', got {config.family!r}")
+        self.config = config
+        tokens = TokenEmbedding(config.vocab_size, config.d_model, config.scale_embeddings)
+        self.encoder = TransformerStack(config, config.n_layers, causal=False, cross_attention=False, tokens=tokens)
+        self.pooler = nn.Linear(config.d_model, config.d_model) if config.pooler else None
+        self.mlm_head = MLMHead(config) if config.mlm_head else None
+        self.classifier = nn.Linear(config.d_model, config.n_classes) if config.n_classes else None
+        self.dropout = nn.Dropout(config.dropout)
+        init_weights(self, config)
+        if self.mlm_head is not None and config.tie_embeddings:
+            self.mlm_head.output.weight = tokens.weight
+        self.tokenizer = None
+
+    def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+               token_type_ids: Tensor | None = None) -> Tensor:
+        """input_ids (B, T), attention_mask (B, T) true at real tokens -> hidden states (B, T, C)."""
+        return self.encoder(input_ids, real_tokens(attention_mask), token_type_ids)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None) -> Tensor:
+        """Masked-token logits (B, T, V); a model without an MLM head (a sentence encoder) returns its hidden states."""
+        hidden = self.encode(input_ids, attention_mask, token_type_ids)
+        return self.mlm_head(hidden) if self.mlm_head is not None else hidden
+
+    def pool(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Hidden states (B, T, C) -> one vector per sequence (B, C): the mean over real tokens, or the first
+        token through the pooler (dense + tanh), as config.pooling says."""
+        if self.config.pooling == "cls":
+            first = hidden[:, 0]
+            return torch.tanh(self.pooler(first)) if self.pooler is not None else first
+        if attention_mask is None:
+            return hidden.mean(dim=1)
+        weights = attention_mask.to(hidden.dtype)[..., None]  # (B, T, 1)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+
+    def sentence_vectors(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                         token_type_ids: Tensor | None = None) -> Tensor:
+        """(B, T) -> pooled (B, C), L2-normalised when config.normalize_embeddings."""
+        vectors = self.pool(self.encode(input_ids, attention_mask, token_type_ids), attention_mask)
+        return F.normalize(vectors, dim=-1) if self.config.normalize_embeddings else vectors
+
+    def classify(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                 token_type_ids: Tensor | None = None) -> Tensor:
+        """(B, T) -> class logits (B, n_classes) from the pooled vector."""
+        if self.classifier is None:
+            raise ConfigError("n_classes: this model has no classification head (n_classes is 0)")
+        pooled = self.pool(self.encode(input_ids, attention_mask, token_type_ids), attention_mask)
+        return self.classifier(self.dropout(pooled))

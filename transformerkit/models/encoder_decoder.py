@@ -1,0 +1,59 @@
+"""EncoderDecoder: the 2017 translation Transformer, and BART.
+
+Data flow: source ids (B, S) -> embeddings -> N bidirectional blocks -> memory (B, S, C).
+Target ids (B, T) -> embeddings -> N blocks, each with causal self-attention and cross-attention to the
+memory -> output layer -> logits (B, T, V) over the target vocabulary (softmax gives probabilities).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..config import ModelConfig
+from ..errors import ConfigError
+from ..nn import DecodeState, TokenEmbedding, TransformerStack
+from ..nn.init import init_weights
+from ..nn.masks import real_tokens
+
+
+class EncoderDecoder(nn.Module):
+    """Encode the source once; decode the target with queries from the decoder and keys and values from the
+    encoder's output (cross-attention)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.family != "encoder-decoder":
+            raise ConfigError(f"family: EncoderDecoder needs 'encoder-decoder', got {config.family!r}")
+        self.config = config
+        source = TokenEmbedding(config.vocab_size, config.d_model, config.scale_embeddings)
+        target = source if config.share_embeddings else TokenEmbedding(
+            config.output_vocab_size, config.d_model, config.scale_embeddings)
+        self.encoder = TransformerStack(config, config.n_layers, causal=False, cross_attention=False, tokens=source)
+        self.decoder = TransformerStack(config, config.decoder_layers, causal=True, cross_attention=True, tokens=target)
+        self.lm_head = nn.Linear(config.d_model, config.output_vocab_size, bias=config.output_bias)
+        init_weights(self, config)
+        if config.tie_embeddings:
+            self.lm_head.weight = target.weight
+        self.source_tokenizer = None  # `tokenizers.Tokenizer`s, when the model came with them (may be one object)
+        self.target_tokenizer = None
+
+    def encode(self, source_ids: Tensor, source_mask: Tensor | None = None) -> Tensor:
+        """source_ids (B, S), source_mask (B, S) true at real tokens -> memory (B, S, C)."""
+        return self.encoder(source_ids, real_tokens(source_mask))
+
+    def forward(self, source_ids: Tensor, target_ids: Tensor, source_mask: Tensor | None = None,
+                target_mask: Tensor | None = None) -> Tensor:
+        """Teacher forcing: target_ids (B, T) start with the start token -> logits (B, T, V) for the next tokens."""
+        source_mask = real_tokens(source_mask)
+        memory = self.encoder(source_ids, source_mask)
+        return self.lm_head(self.decoder(target_ids, real_tokens(target_mask), memory=memory, memory_mask=source_mask))
+
+    def start(self, source_ids: Tensor, source_mask: Tensor | None, max_len: int) -> DecodeState:
+        """Encode once and prepare to decode up to `max_len` target tokens: the decoding interface."""
+        source_mask = real_tokens(source_mask)
+        memory = self.encoder(source_ids, source_mask)
+        return self.decoder.start(source_ids.shape[0], max_len, memory.dtype, memory.device, memory, source_mask)
+
+    def step(self, target_ids: Tensor, state: DecodeState) -> Tensor:
+        """Feed the next target tokens (B, T) -> logits (B, T, V); the state advances by T."""
+        return self.lm_head(self.decoder(target_ids, state=state))

@@ -1,0 +1,109 @@
+"""Scaled dot-product attention, written out and fused, and the multi-head attention around it.
+
+Notation: B batch, Tq queries, Tk keys, C = d_model, H query heads, Hkv key/value heads, D head width.
+Masks are boolean, True at (i, j) means query i may attend to key j (see masks.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import ModelConfig
+from .kv_cache import KVCache
+from .masks import causal_mask
+from .rope import apply_rotary
+
+
+def scaled_dot_product_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, is_causal: bool = False, dropout_p: float = 0.0
+) -> tuple[Tensor, Tensor]:
+    """softmax(q k^T / sqrt(D)) v, written out so the weights can be inspected (Vaswani et al., 2017, eq. 1).
+
+    q (B, H, Tq, D); k, v (B, Hkv, Tk, D) with Hkv dividing H (grouped-query: each key/value head serves
+    H / Hkv query heads); mask broadcastable to (B, H, Tq, Tk). Returns out (B, H, Tq, D) and weights
+    (B, H, Tq, Tk). Dividing by sqrt(D) keeps the scores' variance near 1, so softmax does not saturate.
+    """
+    n_rep = q.shape[1] // k.shape[1]
+    if n_rep > 1:
+        k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)  # (B, H, Tk, D)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, Tq, Tk)
+    if is_causal:
+        mask = causal_mask(q.shape[2], k.shape[2], q.device)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    if dropout_p > 0:
+        weights = F.dropout(weights, dropout_p)
+    return weights @ v, weights
+
+
+def fused_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, is_causal: bool = False, dropout_p: float = 0.0
+) -> Tensor:
+    """The same attention through PyTorch's fused kernels (flash / memory-efficient): faster, no weights."""
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p, enable_gqa=q.shape[1] != k.shape[1]
+    )
+
+
+class MultiHeadAttention(nn.Module):
+    """Projections, rotary positions and the KV cache around one attention kernel.
+
+    Self-attention (optionally causal) when called with x alone; cross-attention when given `memory_kv`,
+    the encoder output already projected by `project_memory` (computed once per source, not per step).
+    """
+
+    fused = True  # False: always run the written-out kernel (teaching, debugging)
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        C, H, Hkv, D = config.d_model, config.n_heads, config.kv_heads, config.d_head
+        self.n_heads, self.n_kv_heads, self.head_dim = H, Hkv, D
+        self.q_proj = nn.Linear(C, H * D, bias=config.bias)
+        self.k_proj = nn.Linear(C, Hkv * D, bias=config.bias)
+        self.v_proj = nn.Linear(C, Hkv * D, bias=config.bias)
+        self.o_proj = nn.Linear(H * D, C, bias=config.bias)
+        self.dropout_p = config.attention_dropout
+        self.record_weights = False  # set by viz.record_attention: keep the last weights in self.weights
+        self.weights: Tensor | None = None
+
+    def _heads(self, x: Tensor, n_heads: int) -> Tensor:
+        B, T, _ = x.shape
+        return x.view(B, T, n_heads, self.head_dim).transpose(1, 2)  # (B, T, C) -> (B, heads, T, D)
+
+    def project_memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """Encoder output (B, S, C) -> cross-attention keys and values, each (B, Hkv, S, D)."""
+        return self._heads(self.k_proj(memory), self.n_kv_heads), self._heads(self.v_proj(memory), self.n_kv_heads)
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        is_causal: bool = False,
+        rope: tuple[Tensor, Tensor] | None = None,
+        cache: KVCache | None = None,
+        position: int = 0,
+        memory_kv: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """x (B, T, C) -> (B, T, C). With a cache, the T new positions start at `position`."""
+        B, T, _ = x.shape
+        q = self._heads(self.q_proj(x), self.n_heads)  # (B, H, T, D)
+        if memory_kv is not None:
+            k, v = memory_kv  # (B, Hkv, S, D)
+        else:
+            k, v = self._heads(self.k_proj(x), self.n_kv_heads), self._heads(self.v_proj(x), self.n_kv_heads)
+            if rope is not None:
+                q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+            if cache is not None:
+                k, v = cache.write(k, v, position)  # (B, Hkv, position + T, D)
+        dropout_p = self.dropout_p if self.training else 0.0
+        if self.record_weights or not self.fused:
+            out, weights = scaled_dot_product_attention(q, k, v, mask, is_causal, dropout_p)
+            self.weights = weights.detach() if self.record_weights else None
+        else:
+            out = fused_attention(q, k, v, mask, is_causal, dropout_p)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))  # (B, H, T, D) -> (B, T, H * D) -> (B, T, C)

@@ -1,0 +1,1 @@
+"""Training: checkpoints, schedules and the one trainer every family uses."""
