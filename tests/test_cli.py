@@ -31,3 +31,99 @@ def test_bad_input_is_one_line_and_exit_2(argv):
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "error" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+TINY_SET = ["--set", "model.preset=transformer-tiny", "--set", "model.d_model=32", "--set", "model.d_ff=64",
+            "--set", "model.n_layers=1", "--set", "model.n_heads=2", "--set", "tokenizer.vocab_size=300",
+            "--set", "data.batch_tokens=600", "--set", "training.max_steps=4", "--set", "training.eval_every=2",
+            "--set", "training.bf16=false", "--set", "training.snapshot_every=2", "--set", "training.average_last=2"]
+
+
+def run_cli(*argv, stdin=None, env=None):
+    return subprocess.run([sys.executable, "-m", "transformerkit", *argv], capture_output=True, text=True,
+                          input=stdin, env=env)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, multi30k_dir):
+    import os
+
+    run = tmp_path_factory.mktemp("cli") / "run"
+    env = {**os.environ, "TRANSFORMERKIT_DATA": str(multi30k_dir), "OMP_NUM_THREADS": "1"}
+    result = run_cli("train", "multi30k-de-en", "--out", str(run), "--device", "cpu", "--no-progress", *TINY_SET,
+                     env=env)
+    assert result.returncode == 0, result.stderr
+    assert "run folder" in result.stdout
+    return run, env
+
+
+def test_translate_streams_in_input_order(trained_run):
+    run, env = trained_run
+    result = run_cli("translate", str(run), "--device", "cpu", "--greedy", stdin="Ein Hund.\n\nZwei Männer laufen.\n",
+                     env=env)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.split("\n")) == 4 and result.stdout.split("\n")[1] == ""
+
+
+def test_evaluate_writes_json(trained_run, tmp_path):
+    import json
+
+    run, env = trained_run
+    out = tmp_path / "scores.json"
+    result = run_cli("evaluate", str(run), "--split", "val", "--beam", "2", "--out", str(out), "--device", "cpu",
+                     env=env)
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(out.read_text())
+    assert {"sacrebleu", "sacrebleu_signature", "chrf", "bleu_tokenized", "beam"} <= set(scores)
+    assert scores["beam"] == 2 and scores["sentences"] == 40
+
+
+def test_plot_and_attention_write_pngs(trained_run, tmp_path):
+    run, env = trained_run
+    assert run_cli("plot", str(run), "--out", str(tmp_path / "curves.png"), env=env).returncode == 0
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    result = run_cli("attention", str(run), "--sentence", "Ein Hund läuft.", "--out", str(tmp_path / "att"),
+                     "--device", "cpu", env=env)
+    assert result.returncode == 0, result.stderr
+    names = {p.name for p in (tmp_path / "att").iterdir()}
+    assert {"encoder-layer0.png", "decoder-layer0.png", "cross-layer0.png"} <= names
+
+
+def test_resume_a_finished_run_with_more_steps(trained_run, tmp_path):
+    import shutil
+
+    run, env = trained_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    result = run_cli("train", "--resume", str(copy), "--device", "cpu", "--no-progress", env=env)
+    assert result.returncode == 0, result.stderr  # already at max_steps: nothing more to do, and no error
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "no-such-recipe"], "unknown recipe 'no-such-recipe'"),
+    (["train", "multi30k-de-en", "--set", "training.lr"], "expected key=value"),
+    (["train", "multi30k-de-en", "--set", "model.d_modle=3"], "d_modle: unknown key"),
+    (["train", "--resume", "/no/such/run"], "not a run folder"),
+    (["train"], "give a RECIPE"),
+    (["translate", "/no/such/model"], "no such file"),
+    (["evaluate", "/no/such/model"], "no such file"),
+    (["plot", "/no/such/run"], "metrics.jsonl: no such file"),
+    (["download", "nothing"], "invalid choice"),
+])
+def test_bad_input_is_one_clear_line(argv, message, tmp_path):
+    import os
+
+    env = {**os.environ, "TRANSFORMERKIT_DATA": str(tmp_path)}
+    result = run_cli(*argv, env=env)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
+
+
+def test_missing_data_is_one_clear_line(tmp_path):
+    import os
+
+    result = run_cli("train", "multi30k-de-en", "--out", str(tmp_path / "run"),
+                     env={**os.environ, "TRANSFORMERKIT_DATA": str(tmp_path)})
+    assert result.returncode == 2
+    assert "train.de.gz: no such file; run `transformerkit download`" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

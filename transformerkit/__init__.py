@@ -2,6 +2,8 @@
 
 from .config import PRESETS, ModelConfig, preset
 from .errors import CheckpointError, ConfigError, DataError, TransformerkitError
+from .inference.generate import generate
+from .inference.translate import translate
 from .interop.huggingface import export_hf
 from .loading import load
 from .models import DecoderOnly, EncoderDecoder, EncoderOnly, build_model
@@ -11,5 +13,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError", "ConfigError", "DataError", "DecoderOnly", "EncoderDecoder", "EncoderOnly", "ModelConfig",
-    "PRESETS", "TransformerkitError", "build_model", "export_hf", "load", "preset", "save",
+    "PRESETS", "TransformerkitError", "build_model", "export_hf", "generate", "load", "preset", "save",
+    "translate",
 ]

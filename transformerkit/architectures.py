@@ -13,10 +13,11 @@ from .errors import CheckpointError, ConfigError
 
 def build_from_header(header: dict[str, Any], folder: Path) -> nn.Module:
     """Our config.json ({"format", "architecture", "model"}) -> a freshly built model of that architecture."""
-    from .models import build_model
+    from .models import RNNConfig, RNNSeq2Seq, build_model
 
     architecture = header.get("architecture", "transformer")
-    builders = {"transformer": lambda values: build_model(ModelConfig.from_dict(values))}
+    builders = {"transformer": lambda values: build_model(ModelConfig.from_dict(values)),
+                "rnn": lambda values: RNNSeq2Seq(RNNConfig.from_dict(values))}
     if architecture not in builders:
         raise CheckpointError(f"{folder}: unknown architecture {architecture!r}; known: {', '.join(builders)}")
     try:

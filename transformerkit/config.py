@@ -84,7 +84,7 @@ class ModelConfig:
     mlm_head: bool = False
     # encoder: a sequence-classification head on the pooled output with this many classes; 0 for none
     n_classes: int = 0
-    # encoder: how a sentence vector is made: mean of the token states, or the first token (through the pooler)
+    # encoder: how a sentence vector is made: the mean of the token states, or the first token's state
     pooling: Pooling = "mean"
     # encoder: L2-normalise sentence vectors (cosine similarity becomes a dot product)
     normalize_embeddings: bool = False

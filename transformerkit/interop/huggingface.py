@@ -283,7 +283,7 @@ def hf_architecture(config: ModelConfig) -> str:
 # ---------------------------------------------------------------------------------------------- weights
 
 
-def _rename(key: str, pairs: list[tuple[str, str]]) -> str | None:
+def rename(key: str, pairs: list[tuple[str, str]]) -> str | None:
     """Rename one weight by the first (source module, target module) pair whose source matches."""
     module, _, param = key.rpartition(".")
     for source, target in pairs:
@@ -308,7 +308,7 @@ def weights_from_hf(kind: str, weights: dict[str, Tensor], config: ModelConfig) 
     such as GPT-2's causal mask) are left out; a tensor we need and do not get is an error at load time."""
     weights = FROM_HF.get(kind, lambda w, c: w)(weights, config)
     pairs = [(theirs, ours) for ours, theirs in NAME_MAPS[kind]]
-    renamed = {name: tensor for name, tensor in ((_rename(k, pairs), t) for k, t in weights.items()) if name}
+    renamed = {name: tensor for name, tensor in ((rename(k, pairs), t) for k, t in weights.items()) if name}
     return renamed
 
 
@@ -316,7 +316,7 @@ def weights_to_hf(kind: str, weights: dict[str, Tensor], config: ModelConfig) ->
     """Our state dict -> Hugging Face's, tied copies dropped (Hugging Face re-ties them on load)."""
     theirs = {}
     for key, tensor in weights.items():
-        name = _rename(key, NAME_MAPS[kind])
+        name = rename(key, NAME_MAPS[kind])
         if name is None:
             raise CheckpointError(f"tensor {key!r} has no Hugging Face {kind} name")
         theirs[name] = tensor

@@ -8,6 +8,7 @@ from ..config import ModelConfig
 from .decoder import DecoderOnly
 from .encoder import EncoderOnly
 from .encoder_decoder import EncoderDecoder
+from .rnn import RNNConfig, RNNSeq2Seq
 
 FAMILIES: dict[str, type[nn.Module]] = {
     "encoder": EncoderOnly,
@@ -21,4 +22,4 @@ def build_model(config: ModelConfig) -> nn.Module:
     return FAMILIES[config.family](config)
 
 
-__all__ = ["DecoderOnly", "EncoderDecoder", "EncoderOnly", "FAMILIES", "build_model"]
+__all__ = ["DecoderOnly", "EncoderDecoder", "EncoderOnly", "FAMILIES", "RNNConfig", "RNNSeq2Seq", "build_model"]

@@ -6,7 +6,6 @@ Data flow: token ids (B, T) -> embeddings (B, T, C) -> N causal blocks -> final 
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig

@@ -11,8 +11,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ModelConfig
+from ..data.batching import pad
 from ..errors import ConfigError
 from ..nn import TokenEmbedding, TransformerStack
+from ..nn.dropout import Dropout
 from ..nn.feedforward import ACTIVATIONS
 from ..nn.init import init_weights
 from ..nn.masks import real_tokens
@@ -46,7 +48,7 @@ class EncoderOnly(nn.Module):
         self.pooler = nn.Linear(config.d_model, config.d_model) if config.pooler else None
         self.mlm_head = MLMHead(config) if config.mlm_head else None
         self.classifier = nn.Linear(config.d_model, config.n_classes) if config.n_classes else None
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         init_weights(self, config)
         if self.mlm_head is not None and config.tie_embeddings:
             self.mlm_head.output.weight = tokens.weight
@@ -65,10 +67,9 @@ class EncoderOnly(nn.Module):
 
     def pool(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Hidden states (B, T, C) -> one vector per sequence (B, C): the mean over real tokens, or the first
-        token through the pooler (dense + tanh), as config.pooling says."""
+        token's state, as config.pooling says (sentence-transformers' two common poolings)."""
         if self.config.pooling == "cls":
-            first = hidden[:, 0]
-            return torch.tanh(self.pooler(first)) if self.pooler is not None else first
+            return hidden[:, 0]
         if attention_mask is None:
             return hidden.mean(dim=1)
         weights = attention_mask.to(hidden.dtype)[..., None]  # (B, T, 1)
@@ -80,10 +81,30 @@ class EncoderOnly(nn.Module):
         vectors = self.pool(self.encode(input_ids, attention_mask, token_type_ids), attention_mask)
         return F.normalize(vectors, dim=-1) if self.config.normalize_embeddings else vectors
 
+    @torch.inference_mode()
+    def embed(self, sentences: list[str], batch_size: int = 64) -> Tensor:
+        """Sentence vectors (N, d), float32, L2-normalised when the config says so, in input order.
+
+        Sentences are tokenized with the model's tokenizer (truncated to its limit) and batched by length,
+        so little time goes to padding."""
+        if self.tokenizer is None:
+            raise ConfigError("this model has no tokenizer: call sentence_vectors with token ids")
+        device = next(self.parameters()).device
+        rows = [e.ids for e in self.tokenizer.encode_batch(list(sentences))]
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        out = torch.empty(len(rows), self.config.d_model)
+        for start in range(0, len(order), batch_size):
+            chosen = order[start:start + batch_size]
+            ids, mask = pad([rows[i] for i in chosen], self.config.pad_id)
+            out[chosen] = self.sentence_vectors(ids.to(device), mask.to(device)).float().cpu()
+        return out
+
     def classify(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                  token_type_ids: Tensor | None = None) -> Tensor:
-        """(B, T) -> class logits (B, n_classes) from the pooled vector."""
+        """(B, T) -> class logits (B, n_classes), from BERT's pooler (dense + tanh on the first token) when the
+        model has one, else from the pooled vector."""
         if self.classifier is None:
             raise ConfigError("n_classes: this model has no classification head (n_classes is 0)")
-        pooled = self.pool(self.encode(input_ids, attention_mask, token_type_ids), attention_mask)
+        hidden = self.encode(input_ids, attention_mask, token_type_ids)
+        pooled = torch.tanh(self.pooler(hidden[:, 0])) if self.pooler is not None else self.pool(hidden, attention_mask)
         return self.classifier(self.dropout(pooled))

@@ -41,12 +41,17 @@ class EncoderDecoder(nn.Module):
         """source_ids (B, S), source_mask (B, S) true at real tokens -> memory (B, S, C)."""
         return self.encoder(source_ids, real_tokens(source_mask))
 
+    def hidden_states(self, source_ids: Tensor, target_ids: Tensor, source_mask: Tensor | None = None,
+                      target_mask: Tensor | None = None) -> Tensor:
+        """The decoder's last hidden states (B, T, C), before the output layer (training fuses the two)."""
+        source_mask = real_tokens(source_mask)
+        memory = self.encoder(source_ids, source_mask)
+        return self.decoder(target_ids, real_tokens(target_mask), memory=memory, memory_mask=source_mask)
+
     def forward(self, source_ids: Tensor, target_ids: Tensor, source_mask: Tensor | None = None,
                 target_mask: Tensor | None = None) -> Tensor:
         """Teacher forcing: target_ids (B, T) start with the start token -> logits (B, T, V) for the next tokens."""
-        source_mask = real_tokens(source_mask)
-        memory = self.encoder(source_ids, source_mask)
-        return self.lm_head(self.decoder(target_ids, real_tokens(target_mask), memory=memory, memory_mask=source_mask))
+        return self.lm_head(self.hidden_states(source_ids, target_ids, source_mask, target_mask))
 
     def start(self, source_ids: Tensor, source_mask: Tensor | None, max_len: int) -> DecodeState:
         """Encode once and prepare to decode up to `max_len` target tokens: the decoding interface."""

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from ..errors import ConfigError
 from .attention import MultiHeadAttention
+from .dropout import Dropout
 from .embedding import Embeddings, TokenEmbedding
 from .feedforward import FeedForward
 from .kv_cache import DecodeState, KVCache
@@ -35,7 +36,7 @@ class TransformerBlock(nn.Module):
         self.cross_attn_norm = make_norm(config) if cross_attention else None
         self.ffn = FeedForward(config)
         self.ffn_norm = make_norm(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def _residual(self, x: Tensor, norm: nn.Module, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
         """The residual connection y = x + f(x), with dropout on f's output and the norm before or after."""

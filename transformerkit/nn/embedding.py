@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig
+from .dropout import Dropout
 from .norm import make_norm
 
 
@@ -64,7 +65,7 @@ class Embeddings(nn.Module):
             self.positions = LearnedPositions(config.max_len, C)
         self.token_types = nn.Embedding(config.type_vocab_size, C) if config.type_vocab_size else None
         self.norm = make_norm(config) if config.embedding_norm else None
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, ids: Tensor, positions: Tensor, token_types: Tensor | None = None) -> Tensor:
         """ids (B, T), positions (B or 1, T), token_types (B, T) or None (type 0) -> (B, T, C)."""

@@ -45,9 +45,13 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def model_header(model: nn.Module) -> dict[str, Any]:
-    """What config.json says of a model: our format marker, its architecture and its config."""
-    return {"format": FORMAT, "architecture": getattr(model, "architecture", "transformer"),
-            "model": model.config.to_dict()}
+    """What config.json says of a model: our format marker, its architecture, its config and, for a trained
+    model, its task (languages, decoding defaults) so that commands need not be told again."""
+    header = {"format": FORMAT, "architecture": getattr(model, "architecture", "transformer"),
+              "model": model.config.to_dict()}
+    if getattr(model, "task", None):
+        header["task"] = model.task
+    return header
 
 
 def write_model(model: nn.Module, folder: Path) -> None:
@@ -97,6 +101,7 @@ def read_checkpoint(folder: Path) -> nn.Module:
         raise CheckpointError(f"{folder}: no model.safetensors")
     load_weights(model, load_file(weights_file), str(weights_file))
     attach_tokenizers(model, folder)
+    model.task = header.get("task")
     return model
 
 
@@ -130,6 +135,8 @@ def attach_tokenizers(model: nn.Module, folder: Path) -> None:
 
     found = {attribute: Tokenizer.from_file(str(folder / filename))
              for attribute, filename in TOKENIZER_FILES.items() if (folder / filename).exists()}
+    for tokenizer in found.values():
+        tokenizer.no_padding()  # batches are padded here, with masks (a file may ask for fixed-length padding)
     if hasattr(model, "source_tokenizer"):
         model.source_tokenizer = found.get("source_tokenizer", found.get("tokenizer"))
         model.target_tokenizer = found.get("target_tokenizer", found.get("tokenizer"))

@@ -1,0 +1,107 @@
+"""Decoding: greedy, sampling and beam search agree with each other and with naive re-decoding."""
+
+import pytest
+import torch
+
+import transformerkit as tk
+from transformerkit.inference.beam import beam_search, length_penalty
+from transformerkit.inference.sampling import pick_next
+from transformerkit.inference.search import greedy_search
+
+
+def model_and_sources(seed=0, **changes):
+    torch.manual_seed(seed)
+    model = tk.build_model(tk.preset("transformer-tiny", vocab_size=40, dropout=0.0, **changes)).eval()
+    with torch.no_grad():  # sharpen the output distribution so outputs are long and varied
+        model.lm_head.weight.mul_(4)
+    lengths = [7, 3, 5, 6]
+    source = torch.zeros(4, 7, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        source[i, :n] = torch.randint(3, 40, (n,))
+        source[i, n - 1] = model.config.eos_id
+    return model, source, source != model.config.pad_id
+
+
+def naive_greedy(model, source, mask, max_len):
+    """Re-run the whole decoder over the prefix every step: no cache at all."""
+    outputs = []
+    for i in range(source.shape[0]):
+        tokens = [model.config.start_id]
+        for _ in range(max_len):
+            logits = model(source[i:i + 1], torch.tensor([tokens]), mask[i:i + 1])
+            nxt = int(logits[0, -1].argmax())
+            if nxt == model.config.eos_id:
+                break
+            tokens.append(nxt)
+        outputs.append(tokens[1:])
+    return outputs
+
+
+@pytest.mark.parametrize("changes", [{}, {"norm_position": "pre", "positions": "learned", "n_kv_heads": 2}])
+def test_cached_greedy_equals_re_decoding_the_whole_prefix(changes):
+    model, source, mask = model_and_sources(**changes)
+    assert greedy_search(model, source, mask, max_len=12) == naive_greedy(model, source, mask, 12)
+
+
+def test_beam_of_one_is_greedy():
+    model, source, mask = model_and_sources()
+    assert beam_search(model, source, mask, beam=1, max_len=12) == greedy_search(model, source, mask, max_len=12)
+
+
+def test_beam_results_do_not_depend_on_the_batch():
+    model, source, mask = model_and_sources(seed=1)
+    together = beam_search(model, source, mask, beam=4, max_len=12)
+    for i in range(source.shape[0]):
+        n = int(mask[i].sum())
+        alone = beam_search(model, source[i:i + 1, :n], mask[i:i + 1, :n], beam=4, max_len=12)
+        assert alone[0] == together[i]
+    assert beam_search(model, source[[2, 0]], mask[[2, 0]], beam=4, max_len=12) == [together[2], together[0]]
+
+
+def test_beam_finds_at_least_as_likely_an_output_as_greedy():
+    model, source, mask = model_and_sources(seed=2)
+
+    def log_prob(i, tokens):
+        target = torch.tensor([[model.config.start_id] + tokens])
+        logits = model(source[i:i + 1], target, mask[i:i + 1]).log_softmax(-1)[0]
+        return float(sum(logits[t, tok] for t, tok in enumerate(tokens + [model.config.eos_id])))
+
+    greedy = greedy_search(model, source, mask, max_len=12)
+    beam = beam_search(model, source, mask, beam=5, max_len=12, alpha=0.0)
+    for i in range(source.shape[0]):
+        if len(greedy[i]) < 11:  # greedy ended on its own
+            assert log_prob(i, beam[i]) >= log_prob(i, greedy[i]) - 1e-5
+
+
+def test_length_penalty_is_gnmt():
+    assert length_penalty(1, 0.6) == 1.0
+    assert length_penalty(7, 0.6) == pytest.approx(2**0.6)
+    assert length_penalty(20, 0.0) == 1.0
+
+
+def test_outputs_stop_at_max_len():
+    model, source, mask = model_and_sources()
+    assert all(len(out) <= 3 for out in beam_search(model, source, mask, beam=3, max_len=3))
+    assert all(len(out) <= 3 for out in greedy_search(model, source, mask, max_len=3))
+
+
+def test_sampling():
+    logits = torch.tensor([[0.0, 1.0, 5.0, 2.0]] * 2000)
+    assert pick_next(logits).tolist() == [2] * 2000
+    generator = torch.Generator().manual_seed(0)
+    top2 = pick_next(logits, temperature=1.0, top_k=2, generator=generator)
+    assert set(top2.tolist()) == {2, 3}
+    nucleus = pick_next(logits, temperature=1.0, top_p=0.5, generator=generator)
+    assert set(nucleus.tolist()) == {2}  # the top token alone holds more than half the mass
+    a = pick_next(logits[:10], 1.0, generator=torch.Generator().manual_seed(5))
+    b = pick_next(logits[:10], 1.0, generator=torch.Generator().manual_seed(5))
+    assert a.tolist() == b.tolist()
+    hot = pick_next(logits, temperature=100.0, generator=generator)
+    assert len(set(hot.tolist())) == 4  # a high temperature flattens the distribution
+
+
+def test_sampled_decoding_is_reproducible_with_a_seed():
+    model, source, mask = model_and_sources()
+    runs = [greedy_search(model, source, mask, 10, temperature=1.0, generator=torch.Generator().manual_seed(3))
+            for _ in range(2)]
+    assert runs[0] == runs[1]

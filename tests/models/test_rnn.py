@@ -1,0 +1,103 @@
+"""The recurrent baselines: they learn, they decode through the shared interface, attention behaves."""
+
+import pytest
+import torch
+
+from transformerkit import ConfigError
+from transformerkit.inference.beam import beam_search
+from transformerkit.inference.search import greedy_search
+from transformerkit.models import RNNConfig, RNNSeq2Seq
+from transformerkit.training.objectives import TranslationLoss
+
+VARIANTS = {"lstm": dict(cell="lstm"), "gru": dict(cell="gru"), "lstm_attention": dict(cell="lstm", attention=True),
+            "gru_attention": dict(cell="gru", attention=True)}
+
+
+def tiny(name, **changes):
+    torch.manual_seed(0)
+    return RNNSeq2Seq(RNNConfig(vocab_size=30, embedding_dim=16, hidden_size=32, n_layers=2, dropout=0.0,
+                                **VARIANTS[name], **changes))
+
+
+def pairs():
+    """Four sentence pairs: the target is the source reversed, plus one."""
+    sources = [[5, 6, 7, 8], [9, 10, 11], [12, 13, 14, 15, 16], [17, 18]]
+    return sources, [[t + 1 for t in reversed(s)] for s in sources]
+
+
+def batch(model):
+    from transformerkit.data.batching import seq2seq_batch
+
+    sources, targets = pairs()
+    return seq2seq_batch(sources, targets, list(range(4)), 0, 1, 2)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_each_rnn_overfits_a_handful_of_pairs(name):
+    model = tiny(name).train()
+    b = batch(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss_fn = TranslationLoss(label_smoothing=0.0)
+    for _ in range(250):
+        loss, n = loss_fn(model, b)
+        optimizer.zero_grad()
+        (loss / n).backward()
+        optimizer.step()
+    assert float(loss.detach() / n) < 0.05
+    model.eval()
+    assert greedy_search(model, b.source, b.source_mask, max_len=8) == pairs()[1]
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_step_by_step_decoding_equals_teacher_forcing(name):
+    model = tiny(name).eval()
+    b = batch(model)
+    full = model(b.source, b.target_in, b.source_mask)
+    state = model.start(b.source, b.source_mask)
+    steps = [model.step(b.target_in[:, t:t + 1], state) for t in range(b.target_in.shape[1])]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_beam_of_one_is_greedy(name):
+    model = tiny(name).eval()
+    b = batch(model)
+    assert beam_search(model, b.source, b.source_mask, 1, 8) == greedy_search(model, b.source, b.source_mask, 8)
+    assert len(beam_search(model, b.source, b.source_mask, 4, 8)) == 4
+
+
+@pytest.mark.parametrize("name", ["gru_attention", "lstm_attention"])
+def test_attention_weights_sum_to_one_and_skip_padding(name):
+    model = tiny(name).eval()
+    b = batch(model)
+    state = model.start(b.source, b.source_mask)
+    state.record = True
+    model.step(b.target_in, state)
+    weights = torch.stack(state.attention_weights, dim=1)  # (B, T, S)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:2]))
+    assert (weights[~b.source_mask[:, None, :].expand_as(weights)] == 0).all()
+
+
+def test_padding_does_not_change_a_sentence():
+    model = tiny("gru_attention").eval()
+    b = batch(model)
+    alone = model(b.source[3:4, :3], b.target_in[3:4, :3], b.source_mask[3:4, :3])
+    torch.testing.assert_close(model(b.source, b.target_in, b.source_mask)[3:4, :3], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_teacher_forcing_ratio_feeds_predictions_in_training():
+    model = tiny("lstm", teacher_forcing=0.0).train()
+    b = batch(model)
+    forced = tiny("lstm", teacher_forcing=1.0).train()
+    forced.load_state_dict(model.state_dict())
+    assert not torch.allclose(model(b.source, b.target_in, b.source_mask),
+                              forced(b.source, b.target_in, b.source_mask))
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="cell: 'rnn' is not allowed"):
+        RNNConfig(cell="rnn")
+    with pytest.raises(ConfigError, match="teacher_forcing"):
+        RNNConfig(teacher_forcing=1.5)
+    with pytest.raises(ConfigError, match="unknown RNN field 'hidden'"):
+        RNNConfig.from_dict({"hidden": 3})

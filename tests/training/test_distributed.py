@@ -1,0 +1,99 @@
+"""torchrun: two CPU processes with gloo train like one process with the same global batch."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .test_trainer import TINY
+
+LAUNCH = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+TRAIN = ["-m", "transformerkit", "train", "multi30k-de-en", "--device", "cpu", "--no-progress"]
+
+
+def settings(*extra):
+    return [item for pair in (("--set", s) for s in [*TINY, "model.dropout=0.0", *extra]) for item in pair]
+
+
+def losses(run):
+    return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def env(data_env):
+    return {**os.environ, "TRANSFORMERKIT_DATA": str(data_env), "OMP_NUM_THREADS": "1"}
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(data_env, tmp_path):
+    one = subprocess.run([sys.executable, *TRAIN, "--out", str(tmp_path / "one"),
+                          *settings("training.accumulate=2", "training.max_steps=5", "training.eval_every=0")],
+                         env=env(data_env), capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([*LAUNCH, *TRAIN, "--out", str(tmp_path / "two"),
+                          *settings("training.max_steps=5", "training.eval_every=0")],
+                         env=env(data_env), capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
+    assert len(losses(tmp_path / "two")) == 5
+
+
+def test_resume_with_another_world_size(data_env, tmp_path):
+    run = tmp_path / "run"
+    first = subprocess.run([*LAUNCH, *TRAIN, "--out", str(run), *settings("training.max_steps=3",
+                                                                          "training.eval_every=3")],
+                           env=env(data_env), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    recipe = json.loads((run / "recipe.json").read_text())
+    recipe["training"]["max_steps"] = 5
+    (run / "recipe.json").write_text(json.dumps(recipe))
+    second = subprocess.run([sys.executable, "-m", "transformerkit", "train", "--resume", str(run), "--device", "cpu",
+                             "--no-progress"], env=env(data_env), capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert "resumed" in second.stderr and len(losses(run)) == 5
+
+
+def test_a_killed_rank_fails_the_run_instead_of_hanging(data_env, tmp_path):
+    run = tmp_path / "run"
+    process = subprocess.Popen([*LAUNCH, *TRAIN, "--out", str(run), *settings("training.max_steps=100000",
+                                                                              "training.eval_every=0")],
+                               env=env(data_env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not ((run / "metrics.jsonl").exists() and len(losses(run)) >= 2):
+        time.sleep(0.5)
+    assert len(losses(run)) >= 2, "training never started"
+    victims = [pid for pid in _children(process.pid) if _environ(pid).get("RANK") == "1"]
+    assert victims, "no rank-1 worker found"
+    os.kill(victims[0], signal.SIGKILL)
+    try:
+        _, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("the surviving rank hung after its peer died")
+    assert process.returncode != 0
+    assert "error" in stderr.lower() or "failed" in stderr.lower()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if parent == pid:
+                found += [int(entry), *_children(int(entry))]
+    return found
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            pairs = [item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item]
+        return {k.decode(): v.decode(errors="replace") for k, v in pairs}
+    except OSError:
+        return {}

@@ -1,0 +1,39 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from transformerkit.training import losses
+from transformerkit.training.losses import linear_cross_entropy
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_fused_loss_and_gradients_equal_cross_entropy(bias, smoothing, monkeypatch):
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 500 * 64)  # several chunks, the last one partial
+    h = torch.randn(300, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(500, 16, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(500, dtype=torch.float64, requires_grad=True) if bias else None
+    y = torch.randint(0, 500, (300,))
+    params = [h, w] + ([b] if bias else [])
+    ours = linear_cross_entropy(h, w, b, y, smoothing)
+    reference = F.cross_entropy(F.linear(h, w, b), y, label_smoothing=smoothing, reduction="sum")
+    torch.testing.assert_close(ours, reference)
+    for got, expected in zip(torch.autograd.grad(3 * ours, params), torch.autograd.grad(3 * reference, params)):
+        torch.testing.assert_close(got, expected)
+
+
+def test_without_gradients_it_only_computes_the_loss():
+    h, w, y = torch.randn(50, 8), torch.randn(30, 8), torch.randint(0, 30, (50,))
+    with torch.no_grad():
+        torch.testing.assert_close(linear_cross_entropy(h, w, None, y, 0.1),
+                                   F.cross_entropy(h @ w.t(), y, label_smoothing=0.1, reduction="sum"))
+
+
+def test_bfloat16_autocast_is_close():
+    h = torch.randn(200, 32, requires_grad=True)
+    w = (torch.randn(300, 32) * 0.1).requires_grad_()
+    y = torch.randint(0, 300, (200,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = linear_cross_entropy(h, w, None, y, 0.1)
+    reference = F.cross_entropy(h @ w.t(), y, label_smoothing=0.1, reduction="sum")
+    assert abs(ours.item() - reference.item()) / reference.item() < 1e-2

@@ -1,0 +1,120 @@
+"""The trainer on a tiny slice of Multi30k: resume exactness, crash safety, averaging."""
+
+import json
+import math
+import os
+import signal
+
+import pytest
+import torch
+
+import transformerkit as tk
+from transformerkit.recipes import load_recipe
+from transformerkit.training.run import train_recipe
+from transformerkit.training.trainer import Interrupted, TrainingError
+
+TINY = ["model.preset=transformer-tiny", "model.d_model=32", "model.d_ff=64", "model.n_layers=1",
+        "model.n_heads=2", "tokenizer.vocab_size=300", "data.batch_tokens=600", "training.warmup_steps=5",
+        "training.lr=3e-3", "training.log_every=1", "training.bf16=false", "training.max_minutes=10",
+        "training.snapshot_every=0", "training.average_last=0"]
+
+
+def tiny_recipe(*changes):
+    return load_recipe("multi30k-de-en", [*TINY, *changes])
+
+
+def losses(run):
+    return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def test_resume_continues_bit_for_bit(data_env, tmp_path):
+    recipe = tiny_recipe("training.max_steps=8", "training.eval_every=4")
+    train_recipe(recipe, tmp_path / "straight", progress_bar=False)
+    stopped = tiny_recipe("training.max_steps=4", "training.eval_every=4")
+    train_recipe(stopped, tmp_path / "resumed", progress_bar=False)
+    saved = json.loads((tmp_path / "resumed" / "recipe.json").read_text())
+    saved["training"]["max_steps"] = 8  # the user asks the stopped run for more steps
+    (tmp_path / "resumed" / "recipe.json").write_text(json.dumps(saved))
+    train_recipe(None, tmp_path / "resumed", resume=True, progress_bar=False)
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
+    assert len(losses(tmp_path / "straight")) == 8
+
+
+def test_run_folder_layout_and_averaging(data_env, tmp_path):
+    recipe = tiny_recipe("training.max_steps=6", "training.eval_every=3", "training.snapshot_every=2",
+                         "training.average_last=2")
+    summary = train_recipe(recipe, tmp_path / "run", progress_bar=False)
+    run = tmp_path / "run"
+    assert {"metrics.jsonl", "recipe.json", "last", "best", "averaged"} <= {p.name for p in run.iterdir()}
+    assert len(list((run / "snapshots").iterdir())) == 2
+    assert summary["finished"] == "max_steps" and summary["select"] == "val_bleu"
+    model = tk.load(run, device="cpu")  # a run folder means averaged/
+    assert model.task["source_lang"] == "de" and model.task["decoding"]["beam"] == 5
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("averaged" in r for r in records) and any("val_bleu" in r for r in records)
+
+
+def test_a_new_run_never_overwrites_an_old_one(data_env, tmp_path):
+    train_recipe(tiny_recipe("training.max_steps=1", "training.eval_every=0"), tmp_path / "run", progress_bar=False)
+    with pytest.raises(tk.ConfigError, match="already holds a run"):
+        train_recipe(tiny_recipe("training.max_steps=1"), tmp_path / "run", progress_bar=False)
+
+
+def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_env, tmp_path, monkeypatch):
+    from transformerkit.training import objectives
+
+    recipe = tiny_recipe("training.max_steps=4", "training.eval_every=2")
+    calls = {"n": 0}
+    original = objectives.TranslationLoss.__call__
+
+    def poisoned(self, model, batch):
+        loss, n = original(self, model, batch)
+        if model.training:  # evaluation uses the same loss: count training steps only
+            calls["n"] += 1
+        return (loss * math.nan, n) if calls["n"] == 3 and model.training else (loss, n)
+
+    monkeypatch.setattr(objectives.TranslationLoss, "__call__", poisoned)
+    with pytest.raises(TrainingError, match="loss became nan at step 3"):
+        train_recipe(recipe, tmp_path / "run", progress_bar=False)
+    state = torch.load(tmp_path / "run" / "last" / "trainer_state.pt", weights_only=False)
+    assert state["progress"]["step"] == 2
+
+
+def test_ctrl_c_saves_a_checkpoint_after_the_step(data_env, tmp_path, monkeypatch):
+    from transformerkit.training import trainer
+
+    original = trainer.Trainer._step
+
+    def step_then_interrupt(self, group):
+        loss = original(self, group)
+        if self.progress.step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(trainer.Trainer, "_step", step_then_interrupt)
+    with pytest.raises(Interrupted, match="resume"):
+        train_recipe(tiny_recipe("training.max_steps=5", "training.eval_every=0"), tmp_path / "run",
+                     progress_bar=False)
+    state = torch.load(tmp_path / "run" / "last" / "trainer_state.pt", weights_only=False)
+    assert state["progress"]["step"] == 2
+
+
+def test_accumulated_batches_weigh_every_token_like_one_big_batch(data_env, tmp_path):
+    from transformerkit.data.batching import seq2seq_batch
+    from transformerkit.tasks import prepare
+
+    setup = prepare(tiny_recipe("training.max_steps=1", "model.dropout=0.0"), run_dir=tmp_path)
+    model, data = setup.model, setup.data
+    first, second = data.batches(0)[:2]
+    total = first.n_target_tokens + second.n_target_tokens
+
+    def gradient(losses):
+        model.zero_grad()
+        torch.autograd.backward([loss / total for loss in losses])  # what Trainer._step does
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    accumulated = gradient([setup.objective(model, b)[0] for b in (first, second)])
+    indices = first.indices + second.indices
+    merged = seq2seq_batch([data.sources[i] for i in indices], [data.targets[i] for i in indices], indices,
+                           **data.special)
+    torch.testing.assert_close(accumulated, gradient([setup.objective(model, merged)[0]]), atol=1e-6, rtol=1e-4)

@@ -1,0 +1,1 @@
+"""Evaluation: BLEU, chrF, tokenized BLEU, perplexity and accuracy."""

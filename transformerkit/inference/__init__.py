@@ -1,0 +1,1 @@
+"""Decoding: greedy, sampling and beam search over any model that encodes once and then steps with a state."""

@@ -1,0 +1,161 @@
+"""GGUF files (llama.cpp's format) into our DecoderOnly: config, dequantized weights, tokenizer, chat template.
+
+A GGUF file holds everything in one place: metadata (the llama architecture's sizes, the tokenizer's
+vocabulary and merges, the chat template) and tensors, many quantized. The `gguf` package reads and
+dequantizes them; the rest is a name map and one layout fix (see `unpermute_rope`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..config import ModelConfig
+from ..errors import CheckpointError
+from .huggingface import rename
+
+NAME_MAP = [
+    ("decoder.embed.tokens", "token_embd"),
+    ("decoder.layers.*.self_attn_norm", "blk.*.attn_norm"),
+    ("decoder.layers.*.self_attn.q_proj", "blk.*.attn_q"),
+    ("decoder.layers.*.self_attn.k_proj", "blk.*.attn_k"),
+    ("decoder.layers.*.self_attn.v_proj", "blk.*.attn_v"),
+    ("decoder.layers.*.self_attn.o_proj", "blk.*.attn_output"),
+    ("decoder.layers.*.ffn_norm", "blk.*.ffn_norm"),
+    ("decoder.layers.*.ffn.gate_proj", "blk.*.ffn_gate"),
+    ("decoder.layers.*.ffn.up_proj", "blk.*.ffn_up"),
+    ("decoder.layers.*.ffn.down_proj", "blk.*.ffn_down"),
+    ("decoder.norm", "output_norm"),
+    ("lm_head", "output"),
+]
+QUANT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
+CONTROL, USER_DEFINED = 3, 4  # tokenizer.ggml.token_type values
+# how llama.cpp splits text before byte-level BPE, for the pre-tokenizer names whose split is not GPT-2's
+PRE_TOKENIZER_SPLITS = {
+    name: r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+          r"|\s+(?!\S)|\s+"
+    for name in ("llama3", "llama-v3", "llama-bpe", "smaug-bpe")
+}
+
+
+def unpermute_rope(weight: Tensor, n_heads: int) -> Tensor:
+    """GGUF's query/key rows -> Hugging Face's.
+
+    RoPE rotates pairs of channels. llama.cpp pairs neighbours (channel 2i with 2i + 1, interleaved);
+    Hugging Face and transformerkit pair halves (i with i + D/2). The converter that wrote the file
+    reordered each head's rows from halves to pairs; this puts them back: (H, D/2, 2) -> (H, 2, D/2).
+    """
+    rows, cols = weight.shape
+    return weight.reshape(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], Any, str | None]:
+    """A GGUF file -> (our config, our state dict in float32, a `tokenizers.Tokenizer`, the chat template)."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except (ValueError, OSError) as error:
+        raise CheckpointError(f"{path}: not a readable GGUF file ({error})") from None
+    meta = {name: _value(field) for name, field in reader.fields.items()}
+    architecture = meta.get("general.architecture")
+    if architecture != "llama":
+        raise CheckpointError(f"{path}: GGUF architecture {architecture!r} is not supported; transformerkit reads "
+                              "'llama'")
+    config = _config(meta, reader)
+    weights = {}
+    for tensor in reader.tensors:
+        name = rename(tensor.name, [(theirs, ours) for ours, theirs in NAME_MAP])
+        if name is None:
+            continue
+        weights[name] = _dequantize(tensor, path)
+        if name.endswith("q_proj.weight"):
+            weights[name] = unpermute_rope(weights[name], config.n_heads)
+        elif name.endswith("k_proj.weight"):
+            weights[name] = unpermute_rope(weights[name], config.kv_heads)
+    return config, weights, _tokenizer(meta, path), meta.get("tokenizer.chat_template")
+
+
+def _value(field) -> Any:
+    try:
+        return field.contents()
+    except Exception:  # a field type this gguf version cannot render: not one we read
+        return None
+
+
+def _config(meta: dict[str, Any], reader) -> ModelConfig:
+    def get(key: str, default: Any = None) -> Any:
+        value = meta.get(f"llama.{key}", default)
+        if value is None:
+            raise CheckpointError(f"GGUF metadata llama.{key} is missing")
+        return value
+
+    d_model, n_heads = int(get("embedding_length")), int(get("attention.head_count"))
+    head_dim = n_heads and d_model // n_heads
+    rope_dim = int(get("rope.dimension_count", head_dim))
+    if rope_dim != head_dim:
+        raise CheckpointError(f"GGUF rope.dimension_count {rope_dim} is not the head width {head_dim} (partial "
+                              "rotary is not supported)")
+    vocab = int(meta.get("llama.vocab_size") or len(meta["tokenizer.ggml.tokens"]))
+    eos = int(meta.get("tokenizer.ggml.eos_token_id", 2))
+    return ModelConfig(
+        family="decoder", vocab_size=vocab, d_model=d_model, n_layers=int(get("block_count")), n_heads=n_heads,
+        n_kv_heads=int(get("attention.head_count_kv", n_heads)), d_ff=int(get("feed_forward_length")),
+        max_len=int(get("context_length", 2048)), positions="rope", rope_theta=float(get("rope.freq_base", 10000.0)),
+        norm="rmsnorm", norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)), norm_position="pre",
+        activation="swiglu", bias=False, dropout=0.0,
+        tie_embeddings=not any(t.name == "output.weight" for t in reader.tensors),
+        pad_id=int(meta.get("tokenizer.ggml.padding_token_id", eos)), bos_id=int(meta.get("tokenizer.ggml.bos_token_id", 1)),
+        eos_id=eos)
+
+
+def _dequantize(tensor, path) -> Tensor:
+    """Any supported tensor type -> float32, in PyTorch's (rows, columns) order (GGUF lists dimensions reversed)."""
+    from gguf.quants import dequantize
+
+    kind = tensor.tensor_type.name
+    if kind not in QUANT_TYPES:
+        raise CheckpointError(f"{path}: tensor {tensor.name} has quantization type {kind}, which is not supported; "
+                              f"transformerkit reads {', '.join(QUANT_TYPES)}")
+    values = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+    shape = tuple(int(n) for n in reversed(tensor.shape))
+    return torch.from_numpy(values.reshape(shape).copy())
+
+
+def _tokenizer(meta: dict[str, Any], path):
+    """Byte-level BPE from the file's vocabulary and merges, with its control tokens kept whole."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    kind = meta.get("tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise CheckpointError(f"{path}: GGUF tokenizer model {kind!r} is not supported; transformerkit reads 'gpt2' "
+                              "(byte-level BPE)")
+    alphabet = _byte_alphabet()
+    spelled = set(alphabet.values())
+    tokens, types = meta["tokenizer.ggml.tokens"], meta.get("tokenizer.ggml.token_type") or []
+    vocab = {(t if set(t) <= spelled else "".join(alphabet[b] for b in t.encode("utf-8"))): i
+             for i, t in enumerate(tokens)}
+    merges = [tuple(m.split(" ")) for m in meta.get("tokenizer.ggml.merges") or []]
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    split = PRE_TOKENIZER_SPLITS.get(meta.get("tokenizer.ggml.pre"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False) if split is None else \
+        pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([AddedToken(t, normalized=False, special=True)
+                                  for t, kind in zip(tokens, types) if kind == CONTROL and set(t) <= spelled])
+    tokenizer.add_tokens([AddedToken(t, normalized=False, special=False)
+                          for t, kind in zip(tokens, types) if kind == USER_DEFINED])
+    return tokenizer
+
+
+def _byte_alphabet() -> dict[int, str]:
+    """GPT-2's map from bytes to printable characters (printable bytes stand for themselves)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    extra = [b for b in range(256) if b not in printable]
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + i) for i, b in enumerate(extra)}}

@@ -1,0 +1,238 @@
+"""The recurrent sequence-to-sequence models the Transformer replaced.
+
+- LSTM encoder-decoder (Sutskever et al., 2014): the encoder's final hidden and cell states are the
+  decoder's initial states; the whole source must squeeze through them.
+- GRU encoder-decoder (Cho et al., 2014): the encoder's final state is a context vector fed to every
+  decoder step and to the output layer, so the decoder need not carry it alone.
+- With attention (Bahdanau et al., 2015): a bidirectional encoder keeps one state per source token, and at
+  every step the decoder scores them all (additive attention), reading their weighted sum.
+
+They speak the Transformer's decoding interface (`start`, `step`, `state.reorder`) and its training contract
+(`hidden_states` + `lm_head`), so the same trainer, greedy and beam search, and evaluation serve both.
+Notation: B batch, S source length, T target length, E embedding, H hidden, L layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..nn.dropout import Dropout
+
+
+@dataclass(frozen=True)
+class RNNConfig:
+    """Hyper-parameters of a recurrent encoder-decoder; validated on construction."""
+
+    # the recurrent unit: LSTM (hidden and cell state) or GRU (hidden state only, fewer gates)
+    cell: Literal["lstm", "gru"] = "lstm"
+    # additive attention over a bidirectional encoder (Bahdanau); without it, the final state is all there is
+    attention: bool = False
+    vocab_size: int = 8000
+    # a separate target vocabulary; None: the same as the source
+    target_vocab_size: int | None = None
+    embedding_dim: int = 256
+    hidden_size: int = 512
+    n_layers: int = 2
+    # dropout on embeddings, between layers and before the output layer
+    dropout: float = 0.5
+    # training: the chance of feeding the true previous token rather than the model's own prediction
+    teacher_forcing: float = 1.0
+    # source and target share one embedding table (one joint vocabulary)
+    share_embeddings: bool = False
+    # longest output a decoder produces (decoding also stops at a * source length + b)
+    max_len: int = 256
+    pad_id: int = 0
+    bos_id: int = 1
+    eos_id: int = 2
+
+    def __post_init__(self) -> None:
+        allowed = typing.get_args(typing.get_type_hints(type(self))["cell"])
+        if self.cell not in allowed:
+            raise ConfigError(f"cell: {self.cell!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
+        for name in ("vocab_size", "embedding_dim", "hidden_size", "n_layers", "max_len"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: {getattr(self, name)!r} is not allowed; it must be a positive integer")
+        for name in ("dropout", "teacher_forcing"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name}: {getattr(self, name)!r} is not allowed; it must be in [0, 1]")
+        if self.share_embeddings and self.target_vocab_size not in (None, self.vocab_size):
+            raise ConfigError("share_embeddings: True is not allowed when the target vocabulary differs")
+
+    @property
+    def output_vocab_size(self) -> int:
+        return self.target_vocab_size or self.vocab_size
+
+    @property
+    def start_id(self) -> int:
+        return self.bos_id
+
+    def replace(self, **changes: Any) -> RNNConfig:
+        return RNNConfig.from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RNNConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown RNN field {unknown[0]!r}; known fields: {', '.join(sorted(known))}")
+        return cls(**values)
+
+
+class AdditiveAttention(nn.Module):
+    """score(s, h_j) = v^T tanh(W s + U h_j) (Bahdanau et al., 2015): a small network, not a dot product."""
+
+    def __init__(self, decoder_size: int, encoder_size: int, size: int):
+        super().__init__()
+        self.query = nn.Linear(decoder_size, size, bias=False)
+        self.key = nn.Linear(encoder_size, size)
+        self.v = nn.Linear(size, 1, bias=False)
+
+    def forward(self, query: Tensor, keys: Tensor, projected_keys: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """query (B, Hd), keys (B, S, He), projected_keys = key(keys), mask (B, S) -> context (B, He), weights (B, S)."""
+        scores = self.v(torch.tanh(self.query(query)[:, None] + projected_keys)).squeeze(-1)  # (B, S)
+        weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)  # padding gets exactly zero
+        return (weights[:, :, None] * keys).sum(dim=1), weights
+
+
+@dataclass
+class RNNState:
+    """What the decoder carries between steps; the same `reorder` contract as the Transformer's DecodeState."""
+
+    hidden: Tensor  # (L, B, H)
+    cell: Tensor | None  # (L, B, H) for LSTM
+    memory: Tensor  # encoder states (B, S, He), or the context vector (B, 1, He) without attention
+    projected: Tensor | None  # attention: memory through the attention's key projection
+    mask: Tensor  # (B, S)
+    length: int = 0
+    attention_weights: list[Tensor] = dataclasses.field(default_factory=list)  # (B, S) per step, when recorded
+    record: bool = False
+
+    def reorder(self, index: Tensor, memory: bool = True) -> None:
+        self.hidden = self.hidden.index_select(1, index)
+        self.cell = self.cell.index_select(1, index) if self.cell is not None else None
+        self.memory, self.mask = self.memory.index_select(0, index), self.mask.index_select(0, index)
+        self.projected = self.projected.index_select(0, index) if self.projected is not None else None
+
+
+class RNNSeq2Seq(nn.Module):
+    """An LSTM or GRU encoder-decoder, with or without attention; see the module docstring."""
+
+    architecture = "rnn"
+
+    def __init__(self, config: RNNConfig):
+        super().__init__()
+        self.config = c = config
+        rnn = nn.LSTM if c.cell == "lstm" else nn.GRU
+        E, H, L = c.embedding_dim, c.hidden_size, c.n_layers
+        between = c.dropout if L > 1 else 0.0
+        self.source_embed = nn.Embedding(c.vocab_size, E, padding_idx=c.pad_id)
+        self.target_embed = self.source_embed if c.share_embeddings else nn.Embedding(
+            c.output_vocab_size, E, padding_idx=c.pad_id)
+        self.encoder = rnn(E, H, L, batch_first=True, dropout=between, bidirectional=c.attention)
+        encoded = 2 * H if c.attention else H  # width of one source state (memory)
+        context = encoded if c.attention or c.cell == "gru" else 0  # what every decoder step also reads
+        self.bridge = nn.Linear(encoded, H) if c.attention else None  # bidirectional final states -> decoder start
+        self.attention = AdditiveAttention(H, encoded, H) if c.attention else None
+        self.decoder = rnn(E + context, H, L, batch_first=True, dropout=between)
+        self.dropout = Dropout(c.dropout)
+        self.features = H + context + (E if context else 0)  # what the output layer reads
+        self.lm_head = nn.Linear(self.features, c.output_vocab_size)
+        self.source_tokenizer = self.target_tokenizer = None
+
+    # ------------------------------------------------------------------------------------------ encoding
+
+    def start(self, source_ids: Tensor, source_mask: Tensor | None, max_len: int | None = None) -> RNNState:
+        """Encode once: the decoder's initial state, and what it will read at every step."""
+        c = self.config
+        mask = source_mask if source_mask is not None else torch.ones_like(source_ids, dtype=torch.bool)
+        lengths = mask.sum(dim=1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(self.dropout(self.source_embed(source_ids)), lengths,
+                                                   batch_first=True, enforce_sorted=False)
+        outputs, final = self.encoder(packed)
+        hidden, cell = final if c.cell == "lstm" else (final, None)  # (L * directions, B, H)
+        if c.attention:
+            memory, _ = nn.utils.rnn.pad_packed_sequence(outputs, batch_first=True, total_length=source_ids.shape[1])
+            last = torch.cat([hidden[-2], hidden[-1]], dim=-1)  # forward's last and backward's first state
+            hidden = torch.tanh(self.bridge(last))[None].repeat(c.n_layers, 1, 1)  # (L, B, H)
+            cell = torch.zeros_like(hidden) if cell is not None else None
+            return RNNState(hidden, cell, memory, self.attention.key(memory), mask)
+        if c.cell == "gru":  # Cho et al.: the final state is the context every step reads
+            return RNNState(hidden, None, hidden[-1][:, None], None, mask)
+        return RNNState(hidden, cell, hidden.new_zeros(hidden.shape[1], 1, 0), None, mask)
+
+    # ------------------------------------------------------------------------------------------ decoding
+
+    def _step_inputs(self, embedded: Tensor, state: RNNState) -> tuple[Tensor, Tensor]:
+        """The context a step reads: attention over the memory, or the fixed context vector."""
+        if self.attention is None:
+            return state.memory[:, 0], state.mask
+        context, weights = self.attention(state.hidden[-1], state.memory, state.projected, state.mask)
+        if state.record:
+            state.attention_weights.append(weights.detach())
+        return context, weights
+
+    def _decode(self, target_ids: Tensor, state: RNNState, teacher: Tensor | None = None) -> Tensor:
+        """Run the decoder over target_ids (B, T) from `state` -> output-layer features (B, T, F)."""
+        embedded = self.dropout(self.target_embed(target_ids))  # (B, T, E)
+        if self.attention is None and teacher is None:  # nothing changes step to step: the whole sequence at once
+            context = state.memory.expand(-1, target_ids.shape[1], -1)  # (B, T, C)
+            inputs = torch.cat([embedded, context], dim=-1)
+            outputs, state.hidden, state.cell = self._rnn(inputs, state)
+            state.length += target_ids.shape[1]
+            return self._features(outputs, context, embedded)
+        features = []
+        previous = embedded[:, :1]
+        for t in range(target_ids.shape[1]):
+            step_embedded = embedded[:, t:t + 1] if teacher is None or t == 0 or teacher[t] else previous
+            context, _ = self._step_inputs(step_embedded, state)
+            output, state.hidden, state.cell = self._rnn(torch.cat([step_embedded, context[:, None]], dim=-1), state)
+            features.append(self._features(output, context[:, None], step_embedded))
+            if teacher is not None and t + 1 < target_ids.shape[1] and not teacher[t + 1]:
+                predicted = self.lm_head(features[-1]).argmax(dim=-1)  # (B, 1): the model's own guess
+                previous = self.dropout(self.target_embed(predicted))
+        state.length += target_ids.shape[1]
+        return torch.cat(features, dim=1)
+
+    def _rnn(self, inputs: Tensor, state: RNNState):
+        if self.config.cell == "lstm":
+            outputs, (hidden, cell) = self.decoder(inputs, (state.hidden, state.cell))
+            return outputs, hidden, cell
+        outputs, hidden = self.decoder(inputs, state.hidden)
+        return outputs, hidden, None
+
+    def _features(self, outputs: Tensor, context: Tensor, embedded: Tensor) -> Tensor:
+        """What the output layer reads: the decoder state, and (with a context) the context and the input token."""
+        if context.shape[-1] == 0:
+            return self.dropout(outputs)
+        return self.dropout(torch.cat([outputs, context, embedded], dim=-1))
+
+    # ------------------------------------------------------------------------------------------ interfaces
+
+    def hidden_states(self, source_ids: Tensor, target_ids: Tensor, source_mask: Tensor | None = None,
+                      target_mask: Tensor | None = None) -> Tensor:
+        """Training: features (B, T, F) for the output layer. With teacher_forcing < 1, some steps read the
+        model's own previous prediction instead of the true token (one draw per step for the whole batch)."""
+        state = self.start(source_ids, source_mask)
+        teacher = None
+        if self.training and self.config.teacher_forcing < 1.0:
+            teacher = torch.rand(target_ids.shape[1]) < self.config.teacher_forcing
+        return self._decode(target_ids, state, teacher)
+
+    def forward(self, source_ids: Tensor, target_ids: Tensor, source_mask: Tensor | None = None,
+                target_mask: Tensor | None = None) -> Tensor:
+        """Teacher-forced logits (B, T, V)."""
+        return self.lm_head(self.hidden_states(source_ids, target_ids, source_mask, target_mask))
+
+    def step(self, target_ids: Tensor, state: RNNState) -> Tensor:
+        """Feed the next target tokens (B, T) -> logits (B, T, V); the state advances."""
+        return self.lm_head(self._decode(target_ids, state))

@@ -1,0 +1,89 @@
+"""Label-smoothed cross-entropy, fused with the output layer.
+
+The full logits of a batch (tokens x vocabulary) are the largest tensor in training: 4,000 tokens over
+8,000 words is 128 MB in float32, written and read several times. So the output layer and the loss run
+together a chunk of rows at a time (small enough to stay in cache), and the gradient is worked out in the
+same pass: d loss / d logits = softmax - smoothed target, known as soon as the softmax is. Only the
+gradients of the hidden states and of the weights are kept for the backward pass.
+
+The smoothed target, (1 - eps) on the right token plus eps / V everywhere, never becomes a tensor: its
+products with the weights are a gathered row and a column sum, so each chunk costs three matmuls and a
+few passes over its logits.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+CHUNK_ELEMENTS = 1 << 20  # logits per chunk: 4 MB in float32, a few hundred rows of a subword vocabulary
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, smoothing: float,
+                compute_dtype: torch.dtype) -> Tensor:
+        N, V = hidden.shape[0], weight.shape[0]
+        eps = smoothing
+        exact = torch.promote_types(compute_dtype, torch.float32)  # softmax and sums: float32 (float64 in tests)
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        w = weight.to(compute_dtype)  # (V, C)
+        total = torch.zeros((), dtype=exact, device=hidden.device)
+        if need_grad:
+            grad_hidden = torch.empty(hidden.shape, dtype=exact, device=hidden.device)
+            grad_weight = torch.zeros(weight.shape, dtype=exact, device=weight.device)
+            weight_sum = w.to(exact).sum(dim=0)  # (C,): the uniform part of the target times the weights
+            grad_bias = torch.zeros(V, dtype=exact, device=weight.device) if bias is not None else None
+        rows = max(1, CHUNK_ELEMENTS // V)
+        for start in range(0, N, rows):
+            h = hidden[start:start + rows].to(compute_dtype)  # (n, C)
+            y = target[start:start + rows]  # (n,)
+            logits = (h @ w.t()).to(exact)  # (n, V)
+            if bias is not None:
+                logits += bias.to(exact)
+            picked = logits.gather(1, y[:, None]).squeeze(1)  # (n,)
+            mean = logits.mean(dim=-1)
+            top = logits.amax(dim=-1, keepdim=True)
+            probs = logits.sub_(top).exp_()  # unnormalised, in place
+            sum_exp = probs.sum(dim=-1, keepdim=True)
+            lse = (top + sum_exp.log()).squeeze(1)  # log-sum-exp: log of the softmax denominator
+            total += ((1 - eps) * (lse - picked) + eps * (lse - mean)).sum()
+            if not need_grad:
+                continue
+            g = probs.mul_(sum_exp.reciprocal()).to(compute_dtype)  # softmax (n, V)
+            # d loss / d logits = softmax - eps / V - (1 - eps) one_hot(y), multiplied out term by term
+            grad_hidden[start:start + rows] = ((g @ w).to(exact) - (eps / V) * weight_sum
+                                               - (1 - eps) * w[y].to(exact))
+            h_exact = h.to(exact)
+            grad_weight += (g.t() @ h).to(exact)
+            grad_weight -= (eps / V) * h_exact.sum(dim=0)
+            grad_weight.index_add_(0, y, h_exact, alpha=-(1 - eps))
+            if grad_bias is not None:
+                grad_bias += g.to(exact).sum(dim=0) - (eps / V) * y.shape[0]
+                grad_bias.index_add_(0, y, torch.full(y.shape, -(1 - eps), dtype=exact, device=y.device))
+        if need_grad:
+            ctx.save_for_backward(grad_hidden.to(hidden.dtype), grad_weight, grad_bias)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        return (grad_hidden * grad_output.to(grad_hidden.dtype), (grad_weight * grad_output).to(ctx.weight_dtype),
+                None if grad_bias is None else (grad_bias * grad_output).to(ctx.weight_dtype), None, None, None)
+
+
+def linear_cross_entropy(hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor,
+                         smoothing: float = 0.0) -> Tensor:
+    """Summed label-smoothed cross-entropy of softmax(hidden @ weight^T + bias) against target.
+
+    hidden (N, C) holds real tokens only (padding removed); weight (V, C) is the output layer; target (N,).
+    The smoothed target puts 1 - smoothing on the right token and spreads `smoothing` evenly over the
+    vocabulary (Szegedy et al., 2016), as the 2017 paper did with 0.1. Under bfloat16 autocast the matmuls
+    run in bfloat16 and the softmax in float32. Equals
+    F.cross_entropy(F.linear(hidden, weight, bias), target, label_smoothing=smoothing, reduction="sum").
+    """
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+    with torch.autocast(device, enabled=False):
+        return _LinearCrossEntropy.apply(hidden, weight, bias, target, smoothing, dtype)
