@@ -22,9 +22,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from common import machine, print_table, write_json
+from torch import nn
 
 import transformerkit as tk
 from transformerkit.inference.generate import GenerationOptions, generate_ids
@@ -85,7 +84,8 @@ def train_throughput(setup, steps: int = 12) -> dict[str, float]:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            results[f"{name}_{'bf16' if bf16 else 'fp32'}"] = steps * batches[0].n_tokens / (time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            results[f"{name}_{'bf16' if bf16 else 'fp32'}"] = steps * batches[0].n_tokens / seconds
     return results
 
 

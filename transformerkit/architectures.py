@@ -12,15 +12,18 @@ from .errors import CheckpointError, ConfigError
 
 
 def build_from_header(header: dict[str, Any], folder: Path) -> nn.Module:
-    """Our config.json ({"format", "architecture", "model"}) -> a freshly built model of that architecture."""
-    from .models import RNNConfig, RNNSeq2Seq, build_model
+    """Our config.json ({"format", "architecture", "model"}) -> a model of that architecture with uninitialised
+    weights, ready to load its checkpoint's weights."""
+    from .models import FAMILIES, RNNConfig, RNNSeq2Seq
+    from .nn.init import build_empty
 
     architecture = header.get("architecture", "transformer")
-    builders = {"transformer": lambda values: build_model(ModelConfig.from_dict(values)),
-                "rnn": lambda values: RNNSeq2Seq(RNNConfig.from_dict(values))}
-    if architecture not in builders:
-        raise CheckpointError(f"{folder}: unknown architecture {architecture!r}; known: {', '.join(builders)}")
+    if architecture not in ("transformer", "rnn"):
+        raise CheckpointError(f"{folder}: unknown architecture {architecture!r}; known: transformer, rnn")
     try:
-        return builders[architecture](header["model"])
+        if architecture == "rnn":
+            return build_empty(RNNSeq2Seq, RNNConfig.from_dict(header["model"]))
+        config = ModelConfig.from_dict(header["model"])
+        return build_empty(FAMILIES[config.family], config)
     except (ConfigError, KeyError) as error:
         raise CheckpointError(f"{folder / 'config.json'}: {error}") from None

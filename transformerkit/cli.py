@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from typing import Any, Callable
 
 from .errors import ConfigError, TransformerkitError
@@ -156,7 +155,8 @@ def evaluate(args: argparse.Namespace) -> None:
     for key, value in scores.items():
         print(f"{key:20} {value:.2f}" if isinstance(value, float) else f"{key:20} {value}")
     folder = resolve(args.model)
-    out = Path(args.out) if args.out else folder / f"evaluation-{Path(str(scores['split'])).name}-beam{scores['beam']}.json"
+    name = f"evaluation-{Path(str(scores['split'])).name}-beam{scores['beam']}.json"
+    out = Path(args.out) if args.out else folder / name
     out.write_text(json.dumps(scores, indent=2))
     print(f"wrote {out}")
 

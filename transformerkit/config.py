@@ -106,25 +106,28 @@ class ModelConfig:
                 raise ConfigError(f"{f.name}: {value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len"):
             _require(self, name, getattr(self, name) >= 1, "a positive integer")
-        _require(self, "n_kv_heads", self.n_kv_heads is None or (self.n_kv_heads >= 1 and self.n_heads % self.n_kv_heads == 0),
+        kv = self.n_kv_heads
+        _require(self, "n_kv_heads", kv is None or (kv >= 1 and self.n_heads % kv == 0),
                  f"a divisor of n_heads ({self.n_heads})")
         _require(self, "n_heads", self.head_dim is not None or self.d_model % self.n_heads == 0,
                  f"a divisor of d_model ({self.d_model}), or set head_dim")
         _require(self, "head_dim", self.positions != "rope" or self.d_head % 2 == 0, "even when positions='rope'")
-        _require(self, "target_vocab_size", self.target_vocab_size is None or self.target_vocab_size >= 1, "a positive integer or None")
-        _require(self, "n_decoder_layers", self.n_decoder_layers is None or self.n_decoder_layers >= 1, "a positive integer or None")
+        for name in ("target_vocab_size", "n_decoder_layers"):
+            _require(self, name, getattr(self, name) is None or getattr(self, name) >= 1, "a positive integer or None")
         for name in ("dropout", "attention_dropout"):
             _require(self, name, 0.0 <= getattr(self, name) < 1.0, "in [0, 1)")
         _require(self, "norm_eps", self.norm_eps > 0, "positive")
         _require(self, "rope_theta", self.rope_theta > 0, "positive")
-        _require(self, "share_embeddings", not self.share_embeddings or self.target_vocab_size in (None, self.vocab_size),
+        _require(self, "share_embeddings",
+                 not self.share_embeddings or self.target_vocab_size in (None, self.vocab_size),
                  "False when the target vocabulary differs from the source vocabulary")
         if self.family != "encoder":
             for name in ("type_vocab_size", "n_classes"):
                 _require(self, name, getattr(self, name) == 0, "0 unless family='encoder'")
             for name in ("pooler", "mlm_head"):
                 _require(self, name, not getattr(self, name), "False unless family='encoder'")
-        _require(self, "activation", not (self.mlm_head and self.activation == "swiglu"), "not 'swiglu' with an MLM head")
+        _require(self, "activation", not (self.mlm_head and self.activation == "swiglu"),
+                 "not 'swiglu' with an MLM head")
         _require(self, "pooling", self.pooling != "cls" or self.family == "encoder", "'mean' unless family='encoder'")
         for name in ("pad_id", "bos_id", "eos_id", "decoder_start_id"):
             value = getattr(self, name)
@@ -202,7 +205,8 @@ def _llama(**changes: Any) -> ModelConfig:
 def _bert(**changes: Any) -> ModelConfig:
     base = dict(family="encoder", positions="learned", norm="layernorm", norm_eps=1e-12, norm_position="post",
                 activation="gelu", embedding_norm=True, type_vocab_size=2, pooler=True, pooling="cls", mlm_head=True,
-                output_bias=True, attention_dropout=0.1, max_len=512, vocab_size=30522, pad_id=0, bos_id=101, eos_id=102)
+                output_bias=True, attention_dropout=0.1, max_len=512, vocab_size=30522, pad_id=0, bos_id=101,
+                eos_id=102)
     return ModelConfig(**{**base, **changes})
 
 
@@ -238,7 +242,8 @@ PRESETS: dict[str, Preset] = {
                                   max_len=8192, rope_theta=100000.0, tie_embeddings=True, pad_id=2, bos_id=1,
                                   eos_id=2), "SmolLM2-135M (LLaMA architecture)"),
     "bert-base": Preset(_bert(d_model=768, n_layers=12, n_heads=12, d_ff=3072), "BERT base (Devlin et al., 2018)"),
-    "bert-tiny": Preset(_bert(vocab_size=1000, bos_id=2, eos_id=3, d_model=64, n_layers=2, n_heads=4, d_ff=128, max_len=128),
+    "bert-tiny": Preset(_bert(vocab_size=1000, bos_id=2, eos_id=3, d_model=64, n_layers=2, n_heads=4, d_ff=128,
+                              max_len=128),
                         "BERT style, for tests"),
 }
 

@@ -76,10 +76,11 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None,
 
 def load_hf_folder(folder: Path) -> nn.Module:
     """A Hugging Face model folder (config.json with model_type gpt2, llama, bert, bart or marian) -> our model."""
-    from .models import build_model
+    from .models import FAMILIES
+    from .nn.init import build_empty
 
     config, weights = huggingface.load_hf(folder)
-    model = build_model(config)
+    model = build_empty(FAMILIES[config.family], config)
     load_weights(model, {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}, str(folder))
     attach_tokenizers(model, folder)
     if (folder / "modules.json").exists():
@@ -116,9 +117,10 @@ def load_gguf(path: Path) -> nn.Module:
     """A GGUF file (llama architecture) -> our DecoderOnly, with its tokenizer and chat template."""
     from .interop.gguf import read_gguf
     from .models import DecoderOnly
+    from .nn.init import build_empty
 
     config, weights, tokenizer, chat_template = read_gguf(path)
-    model = DecoderOnly(config)
+    model = build_empty(DecoderOnly, config)
     load_weights(model, weights, str(path))
     model.tokenizer, model.chat_template = tokenizer, chat_template
     return model

@@ -177,7 +177,8 @@ def test_smollm2_greedy_continuation_matches_transformers(smollm2):
 @needs_smollm2
 def test_smollm2_tokenizer_matches_transformers(smollm2):
     ours, _, tokenizer = smollm2
-    texts = ["Hello, world!", "Übermäßig schöne Grüße aus Köln.", "한국어 문장을 토큰으로 나눕니다.", "emoji 🙂🚀👍🏽 done",
+    texts = ["Hello, world!", "Übermäßig schöne Grüße aus Köln.", "한국어 문장을 토큰으로 나눕니다.",
+             "emoji 🙂🚀👍🏽 done",
              "def f(x):\n\tif x:\n        return [i ** 2 for i in range(x)]", "spaces     and\n\n\n\nnewlines   ",
              "<|im_start|>user\nhi<|im_end|>"]
     for text in texts:
@@ -193,3 +194,21 @@ def test_smollm2_chat_template_renders_as_transformers(smollm2):
                 {"role": "user", "content": "What is 2+2?"}]
     assert render(ours.chat_template, messages) == tokenizer.apply_chat_template(messages, tokenize=False,
                                                                                   add_generation_prompt=True)
+
+
+@needs_smollm2
+def test_generate_and_chat_commands():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "transformerkit", "generate", "smollm2", "--prompt",
+                             "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+                             "--max-new-tokens", "12", "--device", "cpu"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+    result = subprocess.run([sys.executable, "-m", "transformerkit", "chat", "smollm2", "--max-new-tokens", "16",
+                             "--device", "cpu"], input="What is the capital of France?\nAnd of Italy?\n",
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    replies = [line for line in result.stdout.splitlines() if line.strip()]
+    assert "Paris" in replies[0] and "Rome" in result.stdout

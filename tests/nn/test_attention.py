@@ -31,7 +31,8 @@ def test_written_out_matches_the_formula():
 def test_fused_equals_written_out(kind, Hkv):
     q, k, v = qkv(Hkv=Hkv, Tq=6, Tk=6)
     key_mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
-    mask, is_causal = attention_mask(key_mask if kind in ("padding", "both") else None, 6, 6, kind in ("causal", "both"))
+    padding = key_mask if kind in ("padding", "both") else None
+    mask, is_causal = attention_mask(padding, 6, 6, causal=kind in ("causal", "both"))
     written, _ = scaled_dot_product_attention(q, k, v, mask, is_causal)
     torch.testing.assert_close(fused_attention(q, k, v, mask, is_causal), written, atol=1e-6, rtol=1e-5)
 

@@ -19,8 +19,8 @@ def test_masking_statistics_on_a_large_batch():
     ids = torch.randint(10, 1000, (400, 128))
     ids[:, 0], ids[:, -1] = 2, 3  # [CLS] ... [SEP]
     maskable = (ids != 2) & (ids != 3)
-    corrupted, labels = mask_tokens(ids, maskable, mask_id=4, vocab_size=1000, generator=torch.Generator().manual_seed(0),
-                                    first_regular_id=5)
+    corrupted, labels = mask_tokens(ids, maskable, mask_id=4, vocab_size=1000,
+                                    generator=torch.Generator().manual_seed(0), first_regular_id=5)
     chosen = labels != IGNORE
     assert abs(chosen.float().sum() / maskable.sum() - 0.15) < 0.005
     assert not chosen[:, 0].any() and not chosen[:, -1].any()  # special tokens are never chosen

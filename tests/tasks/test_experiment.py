@@ -13,7 +13,8 @@ def test_experiment_writes_every_file_and_resumes(data_env, tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert [r["model"] for r in results] == ["lstm", "gru", "gru_attention", "lstm_attention", "transformer"]
     for r in results:
-        assert {"parameters", "train_seconds", "bleu_tokenized_greedy", "bleu_tokenized_beam", "sacrebleu_beam"} <= set(r)
+        assert {"parameters", "train_seconds", "bleu_tokenized_greedy", "bleu_tokenized_beam",
+                "sacrebleu_beam"} <= set(r)
     for name in ("results.md", "bleu_vs_time.png", "attention.png"):
         assert (out / name).stat().st_size > 0
     assert max((out / name).stat().st_size for name in ("bleu_vs_time.png", "attention.png")) < 1_000_000

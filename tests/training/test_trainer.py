@@ -118,3 +118,13 @@ def test_accumulated_batches_weigh_every_token_like_one_big_batch(data_env, tmp_
     merged = seq2seq_batch([data.sources[i] for i in indices], [data.targets[i] for i in indices], indices,
                            **data.special)
     torch.testing.assert_close(accumulated, gradient([setup.objective(model, merged)[0]]), atol=1e-6, rtol=1e-4)
+
+
+def test_init_starts_from_pretrained_weights(data_env, tmp_path):
+    train_recipe(tiny_recipe("training.max_steps=30", "training.eval_every=0"), tmp_path / "base", progress_bar=False)
+    pretrained = tk.load(tmp_path / "base", device="cpu").train()
+    train_recipe(tiny_recipe("training.max_steps=2", "training.eval_every=0"), tmp_path / "fine", init=pretrained,
+                 progress_bar=False)
+    train_recipe(tiny_recipe("training.max_steps=2", "training.eval_every=0"), tmp_path / "scratch",
+                 progress_bar=False)
+    assert losses(tmp_path / "fine")[0] < losses(tmp_path / "scratch")[0] - 0.5  # it starts where base ended

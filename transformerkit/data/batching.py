@@ -56,7 +56,8 @@ def seq2seq_batch(sources: list[list[int]], targets: list[list[int]], indices: l
     return Seq2SeqBatch(source, source_mask, target_in, target_out, target_mask, indices)
 
 
-def bucket_by_tokens(lengths: list[int], max_tokens: int, seed: int, epoch: int, shuffle: bool = True) -> list[list[int]]:
+def bucket_by_tokens(lengths: list[int], max_tokens: int, seed: int, epoch: int,
+                     shuffle: bool = True) -> list[list[int]]:
     """Group item indices into batches of at most `max_tokens` padded positions (longest x count).
 
     Items are sorted by length (ties broken at random, so batches differ from epoch to epoch), cut into

@@ -52,7 +52,8 @@ def train_byte_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2
     return tokenizer
 
 
-def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool = False, min_frequency: int = 2) -> Tokenizer:
+def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool = False,
+                    min_frequency: int = 2) -> Tokenizer:
     """BERT's WordPiece: words split on whitespace and punctuation, then into the longest known pieces
     ('##' marks a piece inside a word). Encoding adds [CLS] at the start and [SEP] at the end."""
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))

@@ -14,13 +14,14 @@ def length_penalty(length: int, alpha: float) -> float:
 
 @torch.no_grad()
 def beam_search(model: nn.Module, source: Tensor, source_mask: Tensor, beam: int, max_len: int,
-                alpha: float = 0.6) -> list[list[int]]:
+                alpha: float = 0.6, min_len: int = 0, first_tokens: Tensor | None = None) -> list[list[int]]:
     """Keep the `beam` best partial translations of each sentence; return each sentence's best finished one.
 
     Every step extends each live hypothesis by every token, keeps the 2 x beam best candidates per
     sentence, retires those that end (scored by log-probability / length penalty) and continues the best
     `beam` that do not. A sentence is done when it has `beam` finished hypotheses; its rows then leave the
-    batch. Ids are returned without the start and end tokens.
+    batch. No hypothesis ends before `min_len` tokens. Decoding starts from `first_tokens` (B,), by default
+    the start token. Ids are returned without the start and end tokens.
     """
     config = model.config
     B, K, device = source.shape[0], beam, source.device
@@ -30,12 +31,16 @@ def beam_search(model: nn.Module, source: Tensor, source_mask: Tensor, beam: int
     scores = torch.full((B, K), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start equal: keep one so the first step does not pick K copies
     history = torch.full((B * K, 0), config.eos_id, dtype=torch.long, device=device)
-    tokens = torch.full((B * K, 1), config.start_id, dtype=torch.long, device=device)
+    if first_tokens is None:
+        first_tokens = torch.full((B,), config.start_id, dtype=torch.long, device=device)
+    tokens = first_tokens.repeat_interleave(K)[:, None]  # (B * K, 1)
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
     for t in range(max_len):
         n = sentences.shape[0]
         log_probs = model.step(tokens, state)[:, -1].float().log_softmax(dim=-1)  # (n * K, V)
         V = log_probs.shape[-1]
+        if t < min_len:
+            log_probs[:, config.eos_id] = float("-inf")
         candidates = (scores.reshape(n * K, 1) + log_probs).reshape(n, K * V)
         top_scores, top_index = candidates.topk(2 * K, dim=1)  # (n, 2K)
         top_beam, top_token = top_index // V, top_index % V

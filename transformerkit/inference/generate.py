@@ -23,6 +23,7 @@ class GenerationOptions:
     """How to choose and when to stop; temperature 0 is greedy."""
 
     max_new_tokens: int = 128
+    min_new_tokens: int = 0  # stop tokens are ignored until this many tokens were generated
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
@@ -30,6 +31,8 @@ class GenerationOptions:
     stop: list[str] = field(default_factory=list)  # stop strings: the output ends before the first one
     stop_tokens: list[int] = field(default_factory=list)  # besides the model's end-of-sequence token
     seed: int | None = None
+    beam: int = 1  # above 1: beam search (deterministic; temperature and penalties do not apply)
+    length_penalty: float = 1.0  # beam search's GNMT alpha
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
@@ -64,7 +67,8 @@ def generate(model: nn.Module, prompts: str | list[str], on_text: Callable[[int,
 
 @torch.no_grad()
 def generate_ids(model: nn.Module, prompts: list[list[int]], options: GenerationOptions | None = None,
-                 on_token: Callable[[int, int], bool] | None = None, state: DecodeState | None = None) -> list[list[int]]:
+                 on_token: Callable[[int, int], bool] | None = None,
+                 state: DecodeState | None = None) -> list[list[int]]:
     """Token-level generation. `on_token(row, token)` may return True to end that row (a stop string).
 
     With a `state` that already holds earlier tokens (a conversation), the single prompt continues it.
@@ -88,14 +92,18 @@ def generate_ids(model: nn.Module, prompts: list[list[int]], options: Generation
         state = model.start(B, limit)
     elif state.max_len < limit:
         raise ConfigError(f"the conversation ({limit} tokens) no longer fits its cache ({state.max_len})")
+    if opts.beam > 1:
+        return _beam(model, ids, mask, state, opts)
     generator = torch.Generator(device=device).manual_seed(opts.seed) if opts.seed is not None else None
     stop_tokens = torch.tensor(sorted({config.eos_id, *opts.stop_tokens}), device=device)
     outputs: list[list[int]] = [[] for _ in range(B)]
     rows = torch.arange(B)  # the original row of each live batch row
     seen = ids if opts.repetition_penalty != 1.0 else None  # (b, t): tokens each row has seen
     hidden = model.decoder(ids, mask if not bool(mask.all()) else None, state=state)[:, -1:]  # prefill
-    for _ in range(opts.max_new_tokens):
+    for t in range(opts.max_new_tokens):
         logits = model.lm_head(hidden)[:, -1].float()  # (b, V)
+        if t < opts.min_new_tokens:
+            logits[:, stop_tokens] = float("-inf")
         if seen is not None:
             logits = _penalize(logits, seen, opts.repetition_penalty)
         next_tokens = pick_next(logits, opts.temperature, opts.top_k, opts.top_p, generator)  # (b,)
@@ -116,6 +124,30 @@ def generate_ids(model: nn.Module, prompts: list[list[int]], options: Generation
             seen = torch.cat([seen, next_tokens[:, None]], dim=1)
         hidden = model.decoder(next_tokens[:, None], state=state)
     return outputs
+
+
+class _Prompted:
+    """A decoder-only model behind the encoder-decoder decoding interface: `start` reads the prompt (all but its
+    last token, from which decoding continues), `step` continues it. Beam search then needs no second copy."""
+
+    def __init__(self, model: nn.Module, state: DecodeState):
+        self.model, self.config, self.state = model, model.config, state
+
+    def start(self, prompt: Tensor, mask: Tensor, max_len: int) -> DecodeState:
+        if prompt.shape[1] > 1:
+            self.model.decoder(prompt[:, :-1], mask[:, :-1] if not bool(mask.all()) else None, state=self.state)
+        return self.state
+
+    def step(self, tokens: Tensor, state: DecodeState) -> Tensor:
+        return self.model.lm_head(self.model.decoder(tokens, state=state))
+
+
+def _beam(model: nn.Module, ids: Tensor, mask: Tensor, state: DecodeState, opts: GenerationOptions) -> list[list[int]]:
+    """Beam search from each prompt (which ends at the model's end-of-sequence token)."""
+    from .beam import beam_search
+
+    return beam_search(_Prompted(model, state), ids, mask, opts.beam, opts.max_new_tokens, opts.length_penalty,
+                       opts.min_new_tokens, first_tokens=ids[:, -1])
 
 
 def _penalize(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:

@@ -20,11 +20,12 @@ def max_target_length(source_mask: Tensor, a: float, b: int) -> int:
 
 @torch.no_grad()
 def greedy_search(model: nn.Module, source: Tensor, source_mask: Tensor, max_len: int, temperature: float = 0.0,
-                  top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None) -> list[list[int]]:
+                  top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
+                  min_len: int = 0) -> list[list[int]]:
     """Pick one token per step (argmax, or a sample when temperature > 0) until every row has ended.
 
-    Rows that have produced the end token leave the batch, so the remaining steps cost less.
-    Returns the token ids of each row, without the start and end tokens.
+    Rows that have produced the end token leave the batch, so the remaining steps cost less. The end token
+    cannot come before `min_len` tokens. Returns each row's ids, without the start and end tokens.
     """
     config = model.config
     B = source.shape[0]
@@ -32,8 +33,10 @@ def greedy_search(model: nn.Module, source: Tensor, source_mask: Tensor, max_len
     outputs: list[list[int]] = [[] for _ in range(B)]
     rows = torch.arange(B)  # which original row each batch row is
     tokens = torch.full((B, 1), config.start_id, dtype=torch.long, device=source.device)
-    for _ in range(max_len):
+    for t in range(max_len):
         logits = model.step(tokens, state)[:, -1]  # (b, V)
+        if t < min_len:
+            logits[:, config.eos_id] = float("-inf")
         next_tokens = pick_next(logits, temperature, top_k, top_p, generator)  # (b,)
         ended = next_tokens == config.eos_id
         for row, token, end in zip(rows.tolist(), next_tokens.tolist(), ended.tolist()):

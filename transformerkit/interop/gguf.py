@@ -7,6 +7,8 @@ dequantizes them; the rest is a name map and one layout fix (see `unpermute_rope
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -67,12 +69,12 @@ def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], Any, st
         raise CheckpointError(f"{path}: GGUF architecture {architecture!r} is not supported; transformerkit reads "
                               "'llama'")
     config = _config(meta, reader)
-    weights = {}
-    for tensor in reader.tensors:
-        name = rename(tensor.name, [(theirs, ours) for ours, theirs in NAME_MAP])
-        if name is None:
-            continue
-        weights[name] = _dequantize(tensor, path)
+    pairs = [(theirs, ours) for ours, theirs in NAME_MAP]
+    wanted = [(name, tensor) for tensor in reader.tensors if (name := rename(tensor.name, pairs)) is not None]
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:  # numpy's dequantizing releases the GIL
+        values = pool.map(lambda item: _dequantize(item[1], path), wanted)
+        weights = {name: value for (name, _), value in zip(wanted, values)}
+    for name in weights:
         if name.endswith("q_proj.weight"):
             weights[name] = unpermute_rope(weights[name], config.n_heads)
         elif name.endswith("k_proj.weight"):
@@ -109,8 +111,8 @@ def _config(meta: dict[str, Any], reader) -> ModelConfig:
         norm="rmsnorm", norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)), norm_position="pre",
         activation="swiglu", bias=False, dropout=0.0,
         tie_embeddings=not any(t.name == "output.weight" for t in reader.tensors),
-        pad_id=int(meta.get("tokenizer.ggml.padding_token_id", eos)), bos_id=int(meta.get("tokenizer.ggml.bos_token_id", 1)),
-        eos_id=eos)
+        pad_id=int(meta.get("tokenizer.ggml.padding_token_id", eos)),
+        bos_id=int(meta.get("tokenizer.ggml.bos_token_id", 1)), eos_id=eos)
 
 
 def _dequantize(tensor, path) -> Tensor:

@@ -171,7 +171,7 @@ def _bert_config(hf: dict[str, Any], weights: dict[str, Tensor]) -> ModelConfig:
         mlm_head=any(k.startswith("cls.predictions.") for k in weights),
         output_bias=any(k.startswith("cls.predictions.") for k in weights), n_classes=n_classes,
         pooling="cls" if n_classes else "mean", init="normal", pad_id=_get(hf, "pad_token_id", 0),
-        bos_id=_get(hf, "bos_token_id", 0) if hf.get("bos_token_id") is not None else 0, eos_id=_get(hf, "eos_token_id", 0))
+        bos_id=_get(hf, "bos_token_id", 0), eos_id=_get(hf, "eos_token_id", 0))
 
 
 def _bart_config(hf: dict[str, Any], weights: dict[str, Tensor]) -> ModelConfig:
@@ -180,7 +180,8 @@ def _bart_config(hf: dict[str, Any], weights: dict[str, Tensor]) -> ModelConfig:
         if hf.get(a) != hf.get(b):
             raise CheckpointError(f"{a} ({hf.get(a)}) and {b} ({hf.get(b)}) must be equal in transformerkit")
     if hf.get("add_final_layer_norm") or hf.get("normalize_before"):
-        raise CheckpointError("pre-norm BART variants (mBART: normalize_before, add_final_layer_norm) are not supported")
+        raise CheckpointError("pre-norm BART variants (mBART: normalize_before, add_final_layer_norm) are not "
+                              "supported")
     vocab = hf["vocab_size"]
     target_vocab = hf.get("decoder_vocab_size") or vocab
     return ModelConfig(

@@ -28,12 +28,17 @@ class DecoderOnly(nn.Module):
         self.decoder = TransformerStack(config, config.n_layers, causal=True, cross_attention=False, tokens=tokens)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=config.output_bias)
         init_weights(self, config)
-        if config.tie_embeddings:
-            self.lm_head.weight = tokens.weight
+        self.tie_weights()
         self.tokenizer = None  # a `tokenizers.Tokenizer`, when the model came with one
         self.chat_template: str | None = None
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, state: DecodeState | None = None) -> Tensor:
+    def tie_weights(self) -> None:
+        """The output layer reuses the token embedding matrix, when the config says so."""
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.decoder.embed.tokens.weight
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                state: DecodeState | None = None) -> Tensor:
         """input_ids (B, T), attention_mask (B, T) true at real tokens -> logits (B, T, V).
 
         With a state (from `start`), the T tokens continue what the state holds and are added to its cache.

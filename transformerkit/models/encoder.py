@@ -50,9 +50,13 @@ class EncoderOnly(nn.Module):
         self.classifier = nn.Linear(config.d_model, config.n_classes) if config.n_classes else None
         self.dropout = Dropout(config.dropout)
         init_weights(self, config)
-        if self.mlm_head is not None and config.tie_embeddings:
-            self.mlm_head.output.weight = tokens.weight
+        self.tie_weights()
         self.tokenizer = None
+
+    def tie_weights(self) -> None:
+        """The MLM head's output layer reuses the token embedding matrix, when the config says so."""
+        if self.mlm_head is not None and self.config.tie_embeddings:
+            self.mlm_head.output.weight = self.encoder.embed.tokens.weight
 
     def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                token_type_ids: Tensor | None = None) -> Tensor:

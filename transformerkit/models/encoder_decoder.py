@@ -32,10 +32,14 @@ class EncoderDecoder(nn.Module):
         self.decoder = TransformerStack(config, config.decoder_layers, causal=True, cross_attention=True, tokens=target)
         self.lm_head = nn.Linear(config.d_model, config.output_vocab_size, bias=config.output_bias)
         init_weights(self, config)
-        if config.tie_embeddings:
-            self.lm_head.weight = target.weight
+        self.tie_weights()
         self.source_tokenizer = None  # `tokenizers.Tokenizer`s, when the model came with them (may be one object)
         self.target_tokenizer = None
+
+    def tie_weights(self) -> None:
+        """The output layer reuses the target embedding matrix, when the config says so."""
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.decoder.embed.tokens.weight
 
     def encode(self, source_ids: Tensor, source_mask: Tensor | None = None) -> Tensor:
         """source_ids (B, S), source_mask (B, S) true at real tokens -> memory (B, S, C)."""

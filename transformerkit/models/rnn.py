@@ -98,7 +98,8 @@ class AdditiveAttention(nn.Module):
         self.v = nn.Linear(size, 1, bias=False)
 
     def forward(self, query: Tensor, keys: Tensor, projected_keys: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """query (B, Hd), keys (B, S, He), projected_keys = key(keys), mask (B, S) -> context (B, He), weights (B, S)."""
+        """query (B, Hd), keys (B, S, He), projected_keys = key(keys), mask (B, S)
+        -> context (B, He), weights (B, S)."""
         scores = self.v(torch.tanh(self.query(query)[:, None] + projected_keys)).squeeze(-1)  # (B, S)
         weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)  # padding gets exactly zero
         return (weights[:, :, None] * keys).sum(dim=1), weights

@@ -10,7 +10,8 @@ from .norm import LayerNorm, RMSNorm, layer_norm, rms_norm
 from .rope import RotaryEmbedding, apply_rotary
 
 __all__ = [
-    "DecodeState", "Dropout", "Embeddings", "FeedForward", "KVCache", "LayerNorm", "LearnedPositions", "MultiHeadAttention",
+    "DecodeState", "Dropout", "Embeddings", "FeedForward", "KVCache", "LayerNorm", "LearnedPositions",
+    "MultiHeadAttention",
     "RMSNorm", "RotaryEmbedding", "SinusoidalPositions", "TokenEmbedding", "TransformerBlock", "TransformerStack",
     "apply_rotary", "fused_attention", "layer_norm", "rms_norm", "scaled_dot_product_attention",
 ]

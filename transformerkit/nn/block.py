@@ -97,7 +97,7 @@ class TransformerStack(nn.Module):
                               f"max_len ({self.config.max_len})")
         if state is None:
             positions, key_mask = torch.arange(T, device=ids.device)[None], mask  # (1, T)
-            memory_kv = [layer.cross_attn.project_memory(memory) for layer in self.layers] if memory is not None else None
+            memory_kv = None if memory is None else [layer.cross_attn.project_memory(memory) for layer in self.layers]
         else:
             positions, key_mask = _advance(state, mask, T, ids.device)
             memory_kv, memory_mask = state.memory_kv, state.memory_mask

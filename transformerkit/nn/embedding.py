@@ -43,6 +43,9 @@ class SinusoidalPositions(nn.Module):
         super().__init__()
         self.register_buffer("table", sinusoids(max_len, d_model), persistent=False)
 
+    def reset_buffers(self) -> None:
+        self.table = sinusoids(*self.table.shape).to(self.table.device)
+
     def forward(self, positions: Tensor) -> Tensor:
         return self.table[positions]  # (B, T) -> (B, T, C)
 

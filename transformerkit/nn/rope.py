@@ -17,8 +17,13 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, theta: float = 10000.0):
         super().__init__()
-        exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
-        self.register_buffer("inv_freq", 1.0 / theta**exponents, persistent=False)  # (D/2,) from 1 down to ~1/theta
+        self.head_dim, self.theta = head_dim, theta
+        self.register_buffer("inv_freq", torch.empty(head_dim // 2), persistent=False)
+        self.reset_buffers()
+
+    def reset_buffers(self) -> None:
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.int64).float() / self.head_dim
+        self.inv_freq = (1.0 / self.theta**exponents).to(self.inv_freq.device)  # (D/2,) from 1 down to ~1/theta
 
     def forward(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """positions (B or 1, T) -> cos, sin each (B or 1, 1, T, D), broadcasting over heads."""

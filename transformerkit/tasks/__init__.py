@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from torch import nn
@@ -21,6 +22,16 @@ class Setup:
     train_config: TrainConfig
     evaluate: Callable[[nn.Module], dict[str, float]] | None
     select: str  # the evaluation metric that picks best/ (a name with "loss" in it is minimised)
+
+
+def starting_model(run_dir: Path, resume: bool, init: nn.Module | None, build: Callable[[], nn.Module]) -> nn.Module:
+    """What a task trains: last/ when resuming (with its tokenizers, so data is encoded as before), else the
+    pretrained model given with --init, else a new model from `build`."""
+    if resume:
+        from ..training.checkpoint import read_checkpoint
+
+        return read_checkpoint(Path(run_dir) / "last")
+    return init if init is not None else build()
 
 
 def prepare(recipe: dict[str, Any], **kwargs: Any) -> Setup:

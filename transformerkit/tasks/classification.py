@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..models import EncoderOnly
 from ..recipes import section
 from ..training.trainer import TrainConfig
-from . import Setup
+from . import Setup, starting_model
 from .encoder_data import SentenceBatch, sentence_batch
 from .masked_lm import TRAINING_KEYS
 from .pretrained import encoder_from
@@ -61,8 +61,8 @@ def prepare(recipe: dict[str, Any], run_dir: Path, resume: bool = False, init: n
     model_recipe = section(recipe, "model", MODEL_KEYS)
     train_config = TrainConfig(**section(recipe, "training", TRAINING_KEYS))
     languages = data.get("languages", list(MULTI30K_LANGUAGES))
-    model = encoder_from(run_dir, resume, init, model_recipe,
-                         n_classes=len(languages), pooling=model_recipe.get("pooling", "cls"), mlm_head=False)
+    model = starting_model(run_dir, resume, None, lambda: encoder_from(
+        init, model_recipe, n_classes=len(languages), pooling=model_recipe.get("pooling", "cls"), mlm_head=False))
     if not isinstance(model, EncoderOnly) or model.classifier is None:
         raise ConfigError("task 'classification' needs an encoder with a classification head")
     model.task = {"task": "classification", "labels": languages, "recipe": recipe.get("name")}

@@ -21,7 +21,7 @@ from ..evaluation.metrics import retrieval_scores
 from ..models import EncoderOnly
 from ..recipes import section
 from ..training.trainer import TrainConfig
-from . import Setup
+from . import Setup, starting_model
 from .encoder_data import LazyEpoch, PairBatch, sentence_batch, shuffled_groups
 from .masked_lm import TRAINING_KEYS
 from .pretrained import encoder_from
@@ -68,8 +68,8 @@ def prepare(recipe: dict[str, Any], run_dir: Path, resume: bool = False, init: n
     model_recipe = section(recipe, "model", MODEL_KEYS)
     train_config = TrainConfig(**section(recipe, "training", TRAINING_KEYS))
     language = data.get("language", "en")
-    model = encoder_from(run_dir, resume, init, model_recipe, pooling="mean", normalize_embeddings=True,
-                         mlm_head=False, n_classes=0)
+    model = starting_model(run_dir, resume, None, lambda: encoder_from(
+        init, model_recipe, pooling="mean", normalize_embeddings=True, mlm_head=False, n_classes=0))
     assert isinstance(model, EncoderOnly)
     model.task = {"task": "sentence_embedding", "recipe": recipe.get("name")}
     tokenizer = model.tokenizer

@@ -23,7 +23,7 @@ from ..models import DecoderOnly, build_model
 from ..recipes import section
 from ..training.losses import linear_cross_entropy
 from ..training.trainer import TrainConfig
-from . import Setup
+from . import Setup, starting_model
 
 DATA_KEYS = {"corpus", "path", "val_fraction", "batch_size", "context", "batches_per_epoch", "val_batches"}
 TOKENIZER_KEYS = {"kind", "vocab_size", "min_frequency"}
@@ -113,22 +113,20 @@ def prepare(recipe: dict[str, Any], run_dir: Path, resume: bool = False, init: n
     train_config = TrainConfig(**section(recipe, "training", TRAINING_KEYS))
     text = read_corpus(data)
     split = int(len(text) * (1 - data.get("val_fraction", 0.1)))  # the held-out part is the end of the text
-    if resume:
-        from ..training.checkpoint import read_checkpoint
-
-        model = read_checkpoint(Path(run_dir) / "last")
-    elif init is not None:
-        model = init
-    else:
+    def build() -> nn.Module:
         tokenizer = make_tokenizer(tokenizer_recipe, text[:split])
         base = preset(model_recipe.pop("preset")) if "preset" in model_recipe else ModelConfig(family="decoder")
         config = base.replace(**{**model_recipe, **special_ids(tokenizer), "family": "decoder",
                                  "vocab_size": tokenizer.get_vocab_size()})
         model = build_model(config)
         model.tokenizer = tokenizer
+        return model
+
+    model = starting_model(run_dir, resume, init, build)
     if not isinstance(model, DecoderOnly):
         raise ConfigError("task 'language_model' needs a decoder-only model")
-    model.task = {"task": "language_model", "corpus": data.get("corpus", "tinyshakespeare"), "recipe": recipe.get("name")}
+    model.task = {"task": "language_model", "corpus": data.get("corpus", "tinyshakespeare"),
+                  "recipe": recipe.get("name")}
     ids = torch.tensor(model.tokenizer.encode(text, add_special_tokens=False).ids, dtype=torch.long)
     boundary = len(model.tokenizer.encode(text[:split], add_special_tokens=False).ids)
     context, batch_size = data.get("context", model.config.max_len), data.get("batch_size", 64)

@@ -23,7 +23,7 @@ from ..models import EncoderOnly, build_model
 from ..recipes import section
 from ..training.losses import linear_cross_entropy
 from ..training.trainer import TrainConfig
-from . import Setup
+from . import Setup, starting_model
 from .encoder_data import LazyEpoch, SentenceBatch, batch_generator, sentence_batch
 
 DATA_KEYS = {"languages", "captions", "batch_tokens", "mask_rate", "max_tokens", "val_sentences"}
@@ -84,13 +84,7 @@ def prepare(recipe: dict[str, Any], run_dir: Path, resume: bool = False, init: n
     languages = data.get("languages", list(MULTI30K_LANGUAGES))
     train = multi30k_sentences("train", languages, data.get("captions", True))
     val = multi30k_sentences("val", languages, False)[: data.get("val_sentences", 4000)]
-    if resume:
-        from ..training.checkpoint import read_checkpoint
-
-        model = read_checkpoint(Path(run_dir) / "last")
-    elif init is not None:
-        model = init
-    else:
+    def build() -> nn.Module:
         if tokenizer_recipe.get("kind", "wordpiece") != "wordpiece":
             raise ConfigError(f"[tokenizer] kind: {tokenizer_recipe['kind']!r} is not allowed here; use 'wordpiece'")
         tokenizer = train_wordpiece(train, tokenizer_recipe.get("vocab_size", 16000),
@@ -100,6 +94,9 @@ def prepare(recipe: dict[str, Any], run_dir: Path, resume: bool = False, init: n
                                  "vocab_size": tokenizer.get_vocab_size()})
         model = build_model(config)
         model.tokenizer = tokenizer
+        return model
+
+    model = starting_model(run_dir, resume, init, build)
     if not isinstance(model, EncoderOnly) or model.mlm_head is None:
         raise ConfigError("task 'masked_lm' needs an encoder-only model with an MLM head")
     model.task = {"task": "masked_lm", "recipe": recipe.get("name")}

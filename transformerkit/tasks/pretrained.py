@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -11,15 +10,11 @@ from ..errors import CheckpointError, ConfigError
 from ..models import EncoderOnly
 
 
-def encoder_from(run_dir: Path, resume: bool, init: nn.Module | None, model_recipe: dict[str, Any],
-                 **changes: Any) -> nn.Module:
-    """The model to train: last/ when resuming; else the pretrained encoder (`init`, or the recipe's
-    [model] init path) rebuilt with `changes` (new heads), its encoder weights copied over."""
+def encoder_from(init: nn.Module | None, model_recipe: dict[str, Any], **changes: Any) -> nn.Module:
+    """The pretrained encoder (`init`, or the recipe's [model] init path) rebuilt with `changes` (new heads),
+    its encoder weights copied over."""
     from ..loading import load
-    from ..training.checkpoint import read_checkpoint
 
-    if resume:
-        return read_checkpoint(Path(run_dir) / "last")
     if init is None:
         if "init" not in model_recipe:
             raise ConfigError("[model] init: this task fine-tunes a pretrained encoder; name it with "

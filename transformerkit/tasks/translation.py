@@ -26,7 +26,7 @@ from ..models import EncoderDecoder, RNNConfig, RNNSeq2Seq, build_model
 from ..recipes import section
 from ..training.objectives import TranslationLoss
 from ..training.trainer import TrainConfig
-from . import Setup
+from . import Setup, starting_model
 
 DATA_KEYS = {"corpus", "source", "target", "train_source", "train_target", "val_source", "val_target",
              "batch_tokens", "max_sentence_tokens", "val_sentences"}
@@ -80,14 +80,7 @@ def prepare(recipe: dict[str, Any], run_dir: Path, resume: bool = False, init: n
     train_config = TrainConfig(**training)
     train, val = load_corpus(data, "train"), load_corpus(data, "val")
 
-    if resume:
-        from ..training.checkpoint import read_checkpoint
-
-        model = read_checkpoint(Path(run_dir) / "last")  # its tokenizers: the data must be encoded the same way
-    elif init is not None:
-        model = init
-    else:
-        model = new_model(recipe, train, tokenizer_recipe)
+    model = starting_model(run_dir, resume, init, lambda: new_model(recipe, train, tokenizer_recipe))
     if not isinstance(model, (EncoderDecoder, RNNSeq2Seq)):
         raise ConfigError("task 'translation' needs an encoder-decoder model (a Transformer or a recurrent one)")
     model.task = {"task": "translation", "corpus": data.get("corpus", "multi30k"), "source_lang": data.get("source"),

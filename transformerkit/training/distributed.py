@@ -79,13 +79,13 @@ def wrap(module: LossModule, device: torch.device, place: World, fsdp: bool) -> 
     return nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
 
-def all_reduce_sum(value: float, device: torch.device) -> float:
-    """The sum over all ranks (the value itself with one process)."""
+def all_reduce_sums(*values: float, device: torch.device) -> list[float]:
+    """Each value summed over all ranks, in one collective (the values themselves with one process)."""
     if not dist.is_initialized():
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
-    return float(tensor.item())
+    return tensor.tolist()
 
 
 def barrier() -> None:

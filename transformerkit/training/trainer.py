@@ -26,8 +26,8 @@ from torch import Tensor, nn
 
 from ..errors import CheckpointError, ConfigError, TransformerkitError
 from ..runtime import keep_freed_memory
-from .checkpoint import atomic_folder, write_model
 from . import distributed
+from .checkpoint import atomic_folder, write_model
 from .schedules import make_schedule
 
 STATE_FILE = "trainer_state.pt"
@@ -194,10 +194,10 @@ class Trainer:
             self._snapshot()
         reason = self._limit_reached()
         if self.place.size > 1:  # every rank must stop at the same step, or the others wait forever
-            flags = distributed.all_reduce_sum(float(reason == "max_minutes") + 2 * float(self._stop_requested),
-                                               self.device)
-            reason = reason or ("max_minutes" if int(flags) % 2 else None)
-            self._stop_requested = self._stop_requested or flags >= 2
+            out_of_time, interrupted = distributed.all_reduce_sums(
+                float(reason == "max_minutes"), float(self._stop_requested), device=self.device)
+            reason = reason or ("max_minutes" if out_of_time else None)
+            self._stop_requested = bool(interrupted)
         if self._stop_requested:
             self._save_last()
             raise Interrupted(f"interrupted at step {p.step}; saved {self.run_dir / 'last'}; continue with: "
@@ -225,22 +225,19 @@ class Trainer:
                     loss, n = self.loss_module(batch.to(self.device))
                 loss.backward()
             loss_sum, counted, tokens = loss_sum + float(loss.detach()), counted + n, tokens + batch.n_tokens
-        loss_sum = distributed.all_reduce_sum(loss_sum, self.device)
-        counted = distributed.all_reduce_sum(counted, self.device)
+        loss_sum, counted, tokens = distributed.all_reduce_sums(loss_sum, counted, tokens, device=self.device)
         loss_value = loss_sum / max(1, counted)
         if not math.isfinite(loss_value):
             raise TrainingError(f"the loss became {loss_value} at step {self.progress.step + 1}; stopped. The last "
                                 f"good checkpoint is {self.run_dir / 'last'} (lower the learning rate or enable "
                                 "gradient clipping, then resume or restart)")
-        scale = self.place.size / max(1, counted)
-        for parameter in self.model.parameters():
-            if parameter.grad is not None:
-                parameter.grad.mul_(scale)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        torch._foreach_mul_(grads, self.place.size / max(1, counted))
         if c.clip_norm:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.clip_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_value, int(distributed.all_reduce_sum(tokens, self.device))
+        return loss_value, int(tokens)
 
     def _autocast(self):
         if not self.config.bf16:
@@ -281,7 +278,7 @@ class Trainer:
             self._print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()) + (" (best)" if better else ""))
         self._save_last()
         if self.place.size > 1:  # rank 0 decides early stopping for everyone
-            stop = "patience" if distributed.all_reduce_sum(float(stop == "patience"), self.device) else None
+            stop = "patience" if distributed.all_reduce_sums(float(stop == "patience"), device=self.device)[0] else None
         return stop
 
     # ------------------------------------------------------------------------------------------ checkpoints

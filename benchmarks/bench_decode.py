@@ -1,0 +1,183 @@
+"""Decoding throughput: ours against transformers' generate on the same weights, forced to the same length.
+
+    python benchmarks/bench_decode.py [--sizes shakespeare-char,multi30k-de-en,gpt2-small] [--dtypes fp32,bf16]
+
+Each pair is our model and the transformers model that `transformerkit export --to hf` writes from it (so
+the weights are the same): GPT2LMHeadModel for the decoders, MarianMTModel for the translation model.
+Greedy, sampling (temperature 1, no top-k) and beam 5, every output forced to the same number of new tokens
+(min = max) so the work is equal. Writes benchmarks/results/bench_decode.json (-cuda on a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import tempfile
+import time
+
+import torch
+from common import machine, print_table, write_json
+
+import transformerkit as tk
+from transformerkit.data.batching import pad
+from transformerkit.inference.beam import beam_search
+from transformerkit.inference.generate import GenerationOptions, generate_ids
+from transformerkit.inference.search import greedy_search
+from transformerkit.runtime import keep_freed_memory
+
+MODES = ("greedy", "sampling", "beam5")
+
+
+def decoder(size: str) -> tuple[tk.DecoderOnly, int, int, int]:
+    """(model, batch, prompt length, new tokens) for a decoder-only size."""
+    if size == "shakespeare-char":
+        config = tk.preset("gpt2-small").replace(vocab_size=65, d_model=384, n_layers=6, n_heads=6, d_ff=1536,
+                                                 max_len=256, dropout=0.0, attention_dropout=0.0, pad_id=0, bos_id=0,
+                                                 eos_id=0)
+        return tk.build_model(config).eval(), 1, 16, 200
+    return tk.build_model(tk.preset("gpt2-small", dropout=0.0, attention_dropout=0.0)).eval(), 1, 32, 64
+
+
+def run_decoder(size: str, dtype: torch.dtype, repeats: int) -> list[dict]:
+    import transformers
+
+    ours, batch, prompt_len, new = decoder(size)
+    with tempfile.TemporaryDirectory() as folder:
+        tk.export_hf(ours, folder)
+        reference = transformers.GPT2LMHeadModel.from_pretrained(folder, dtype=dtype).eval()
+    ours = ours.to(dtype)
+    prompts = torch.randint(1, ours.config.vocab_size, (batch, prompt_len))
+    rows = []
+    for mode in MODES:
+        beam, temperature = (5, 0.0) if mode == "beam5" else (1, 1.0 if mode == "sampling" else 0.0)
+        options = GenerationOptions(max_new_tokens=new, min_new_tokens=new, temperature=temperature, beam=beam,
+                                    seed=0 if temperature else None)
+        ours_run = lambda: generate_ids(ours, prompts.tolist(), options)  # noqa: E731
+        ours_seconds = _best(ours_run, repeats)
+        share = model_share(ours_run, ours.decoder, ours.lm_head)
+        hf_options = dict(max_new_tokens=new, min_new_tokens=new, num_beams=beam, do_sample=temperature > 0,
+                          top_k=0, top_p=1.0, temperature=1.0, pad_token_id=0)
+        with torch.no_grad():
+            ref_seconds = _best(lambda: reference.generate(prompts, attention_mask=torch.ones_like(prompts),
+                                                           **hf_options), repeats)
+        rows.append(_row(size, dtype, mode, batch * new, ours_seconds, ref_seconds, "GPT2LMHeadModel.generate", share))
+    return rows
+
+
+def run_translation(dtype: torch.dtype, repeats: int, run: str | None, sentences: int = 100, new: int = 30):
+    import transformers
+
+    from transformerkit.data.datasets import multi30k
+    from transformerkit.data.tokenizers import encode
+    from transformerkit.recipes import load_recipe
+    from transformerkit.tasks import prepare
+
+    model = tk.load(run, device="cpu") if run else prepare(load_recipe("multi30k-de-en"), run_dir="runs/bench").model
+    model.eval()
+    with tempfile.TemporaryDirectory() as folder:
+        tk.export_hf(model, folder)
+        reference = transformers.MarianMTModel.from_pretrained(folder, dtype=dtype).eval()
+    model = model.to(dtype)
+    c = model.config
+    test = multi30k("test_2016_flickr", "de", "en").sources[:sentences]
+    source, mask = pad([s + [c.eos_id] for s in encode(model.source_tokenizer, test)], c.pad_id)
+    rows = []
+    for mode in MODES:
+        if mode == "beam5":
+            ours = lambda: beam_search(model, source, mask, 5, new, 0.6, min_len=new)  # noqa: E731
+        else:
+            temperature = 1.0 if mode == "sampling" else 0.0
+            ours = lambda: greedy_search(model, source, mask, new, temperature=temperature,  # noqa: E731
+                                         generator=torch.Generator().manual_seed(0), min_len=new)
+        with torch.no_grad():
+            ours_seconds = _best(ours, repeats)
+            share = model_share(ours, model.encoder, model.decoder, model.lm_head)
+            ref_seconds = _best(lambda: reference.generate(
+                input_ids=source, attention_mask=mask.long(), max_new_tokens=new, min_new_tokens=new,
+                num_beams=5 if mode == "beam5" else 1, do_sample=mode == "sampling", top_k=0, top_p=1.0,
+                temperature=1.0, decoder_start_token_id=c.start_id, eos_token_id=c.eos_id, pad_token_id=c.pad_id),
+                repeats)
+        rows.append(_row("multi30k-de-en", dtype, mode, sentences * new, ours_seconds, ref_seconds,
+                         "MarianMTModel.generate", share))
+    return rows
+
+
+@contextlib.contextmanager
+def model_timer(*modules):
+    """Time spent inside these modules' forward calls: the model's share of decoding, the rest being search
+    bookkeeping in Python (choosing tokens, reordering beams, stopping)."""
+    spent = [0.0]
+    originals = [m.forward for m in modules]
+
+    def timed(forward):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return forward(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - start
+        return call
+
+    for module, forward in zip(modules, originals):
+        module.forward = timed(forward)
+    try:
+        yield spent
+    finally:
+        for module, forward in zip(modules, originals):
+            module.forward = forward
+
+
+def model_share(fn, *modules) -> float:
+    with model_timer(*modules) as spent:
+        start = time.perf_counter()
+        fn()
+        total = time.perf_counter() - start
+    return spent[0] / total
+
+
+def _best(fn, repeats: int) -> float:
+    fn()  # warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _row(size, dtype, mode, tokens, ours_seconds, ref_seconds, reference, share) -> dict:
+    row = {"size": size, "dtype": "bf16" if dtype == torch.bfloat16 else "fp32", "mode": mode,
+           "ours_tokens_per_second": tokens / ours_seconds, "reference_tokens_per_second": tokens / ref_seconds,
+           "speedup": ref_seconds / ours_seconds, "model_time_share": share, "reference": reference,
+           "machine": machine()}
+    print(f"{size} {row['dtype']} {mode}: ours {row['ours_tokens_per_second']:.0f} tok/s, reference "
+          f"{row['reference_tokens_per_second']:.0f} tok/s ({row['speedup']:.2f}x)", flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="shakespeare-char,multi30k-de-en,gpt2-small")
+    parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--run", help="a trained multi30k-de-en run to decode with (default: fresh weights)")
+    args = parser.parse_args()
+    keep_freed_memory()
+    torch.manual_seed(0)
+    rows = []
+    for name in args.dtypes.split(","):
+        dtype = torch.float32 if name == "fp32" else torch.bfloat16
+        for size in args.sizes.split(","):
+            rows += run_translation(dtype, args.repeats, args.run) if size == "multi30k-de-en" else \
+                run_decoder(size, dtype, args.repeats)
+    print(f"on {machine()}")
+    print_table([(r["size"], r["dtype"], r["mode"], round(r["ours_tokens_per_second"]),
+                  round(r["reference_tokens_per_second"]), f"{r['speedup']:.2f}x", f"{r['model_time_share']:.0%}")
+                 for r in rows], ("size", "dtype", "mode", "ours tok/s", "transformers tok/s", "speedup",
+                                  "model share"))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"wrote {write_json('bench_decode' + ('-cuda' if device == 'cuda' else '') + '.json', rows)}")
+
+
+if __name__ == "__main__":
+    main()
