@@ -108,6 +108,7 @@ def main() -> None:
     parser.add_argument("--run", help="evaluate this run folder instead of training")
     parser.add_argument("--set", action="append", default=[], help="recipe overrides, as for `transformerkit train`")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference measurements")
+    parser.add_argument("--trained-on", help="with --run: the machine the run was trained on, when not this one")
     args = parser.parse_args()
     keep_freed_memory()
     recipe = load_recipe(args.recipe, args.set)
@@ -127,7 +128,7 @@ def main() -> None:
         "train_tokens_per_second": summary["tokens_per_second"], "train_steps": summary["step"],
         "beam_translate_seconds": beam["translate_seconds"], "greedy_translate_seconds": greedy["translate_seconds"],
         "checkpoint": tk.loading.resolve(run).name, "parameters": sum(p.numel() for p in model.parameters()),
-        "machine": machine(), "device": device,
+        "machine": machine(), "device": device, "train_machine": args.trained_on or machine(),
     }
     rows = [("ours", result["bleu_tokenized_beam"], result["bleu_tokenized_greedy"], result["sacrebleu_beam"],
              round(result["train_tokens_per_second"]), result["beam_translate_seconds"])]

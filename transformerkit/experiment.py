@@ -28,7 +28,7 @@ MODELS = {  # results name -> recipe (with the direction filled in)
     "gru": "multi30k-{direction}-gru",
     "gru_attention": "multi30k-{direction}-gru-attention",
     "lstm_attention": "multi30k-{direction}-lstm-attention",
-    "transformer": "multi30k-{direction}",
+    "transformer": "multi30k-{direction}-demo",  # the tiny Transformer with a schedule sized for minutes, not an hour
 }
 FIELDS = ("model", "parameters", "train_seconds", "train_tokens_per_second", "val_loss", "bleu_tokenized_greedy",
           "bleu_tokenized_beam", "sacrebleu_greedy", "sacrebleu_beam")
@@ -77,16 +77,18 @@ def _direction(direction: str) -> tuple[str, str]:
 
 
 def _set_budget(recipe: dict[str, Any], minutes: float | None, epochs: int | None) -> None:
-    """Equal wall-clock (or equal epochs) for every model: the recipe's own step limit is dropped."""
+    """Equal wall-clock (or equal epochs) for every model: the recipe's own limits are dropped, except the step
+    count of a cosine schedule (it anneals to its floor at that step), which then also stops within the budget."""
     training = recipe.setdefault("training", {})
-    for key in ("max_steps", "max_epochs", "max_minutes"):
+    keep_steps = training.get("schedule") == "cosine" and not epochs
+    for key in ("max_epochs", "max_minutes", *(() if keep_steps else ("max_steps",))):
         training.pop(key, None)
     if epochs:
         training["max_epochs"] = epochs
+        if training.get("schedule") == "cosine":  # cosine needs a length in steps; the budget is in epochs
+            training["schedule"] = "inverse_sqrt"
     else:
         training["max_minutes"] = minutes
-    if training.get("schedule") == "cosine":  # cosine needs a known length; the budget is in minutes
-        training["schedule"] = "inverse_sqrt"
 
 
 def _finished(run: Path) -> bool:

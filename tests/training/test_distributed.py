@@ -8,6 +8,8 @@ import sys
 import time
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from .test_trainer import TINY
 
@@ -53,6 +55,27 @@ def test_resume_with_another_world_size(data_env, tmp_path):
                              "--no-progress"], env=env(data_env), capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
     assert "resumed" in second.stderr and len(losses(run)) == 5
+
+
+def test_fsdp_trains_like_ddp_saves_whole_checkpoints_and_resumes(data_env, tmp_path):
+    runs = {}
+    for name, extra in (("ddp", []), ("fsdp", ["--fsdp"])):
+        runs[name] = tmp_path / name
+        done = subprocess.run([*LAUNCH, *TRAIN, "--out", str(runs[name]), *extra,
+                               *settings("training.max_steps=4", "training.eval_every=2")],
+                              env=env(data_env), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    assert losses(runs["fsdp"]) == pytest.approx(losses(runs["ddp"]), rel=1e-4)
+    ddp, fsdp = (load_file(runs[name] / "last" / "model.safetensors") for name in ("ddp", "fsdp"))
+    assert ddp.keys() == fsdp.keys()
+    assert all(torch.allclose(ddp[k], fsdp[k], atol=1e-5) for k in ddp)
+    recipe = json.loads((runs["fsdp"] / "recipe.json").read_text())
+    recipe["training"]["max_steps"] = 6
+    (runs["fsdp"] / "recipe.json").write_text(json.dumps(recipe))
+    resumed = subprocess.run([*LAUNCH, "-m", "transformerkit", "train", "--resume", str(runs["fsdp"]), "--device",
+                              "cpu", "--no-progress"], env=env(data_env), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed" in resumed.stderr and len(losses(runs["fsdp"])) == 6
 
 
 def test_a_killed_rank_fails_the_run_instead_of_hanging(data_env, tmp_path):

@@ -54,11 +54,15 @@ class TransformerBlock(nn.Module):
         memory_mask: Tensor | None = None,
         cache: KVCache | None = None,
         position: int = 0,
+        memory: Tensor | None = None,
     ) -> Tensor:
-        """x (B, T, C) -> (B, T, C); memory_kv: the encoder output projected by cross_attn.project_memory."""
+        """x (B, T, C) -> (B, T, C); cross-attention reads memory (B, S, C), the encoder output, or memory_kv,
+        that output already projected by cross_attn.project_memory (once per source when decoding)."""
         x = self._residual(x, self.self_attn_norm,
                            lambda h: self.self_attn(h, mask, is_causal, rope, cache, position))
         if self.cross_attn is not None:
+            if memory_kv is None:
+                memory_kv = self.cross_attn.project_memory(memory)
             x = self._residual(x, self.cross_attn_norm,
                                lambda h: self.cross_attn(h, memory_mask, memory_kv=memory_kv))
         return self._residual(x, self.ffn_norm, self.ffn)
@@ -97,7 +101,7 @@ class TransformerStack(nn.Module):
                               f"max_len ({self.config.max_len})")
         if state is None:
             positions, key_mask = torch.arange(T, device=ids.device)[None], mask  # (1, T)
-            memory_kv = None if memory is None else [layer.cross_attn.project_memory(memory) for layer in self.layers]
+            memory_kv = None  # each block projects the memory itself
         else:
             positions, key_mask = _advance(state, mask, T, ids.device)
             memory_kv, memory_mask = state.memory_kv, state.memory_mask
@@ -107,7 +111,7 @@ class TransformerStack(nn.Module):
         rope = self.rope(positions, x.dtype) if self.rope is not None else None
         for i, layer in enumerate(self.layers):
             x = layer(x, self_mask, is_causal, rope, memory_kv[i] if memory_kv else None, cross_mask,
-                      state.caches[i] if state else None, position)
+                      state.caches[i] if state else None, position, memory)
         if state is not None:
             state.length += T
         return self.norm(x) if self.norm is not None else x

@@ -1,7 +1,9 @@
-"""Running under torchrun: one process per device, DistributedDataParallel to average gradients.
+"""Running under torchrun: one process per device, DistributedDataParallel to average gradients, or FSDP
+to shard parameters, gradients and optimizer state as well.
 
-No home-made distribution: PyTorch's process group and DDP do the work. gloo runs on CPUs, NCCL on GPUs;
-a timeout on collectives turns a dead rank into an error instead of a hang.
+No home-made distribution: PyTorch's process group, DDP and FSDP2 (`fully_shard`) do the work. gloo runs on
+CPUs, NCCL on GPUs; a timeout on collectives turns a dead rank into an error instead of a hang. Checkpoints
+hold whole (unsharded) tensors, so a run resumes under any world size.
 """
 
 from __future__ import annotations
@@ -66,17 +68,57 @@ class LossModule(nn.Module):
 
 
 def wrap(module: LossModule, device: torch.device, place: World, fsdp: bool) -> nn.Module:
+    """DDP, or FSDP with one shard group per Transformer block (so only one block is gathered at a time)
+    plus the root for embeddings, final norm and output layer. FSDP replaces the parameters with sharded
+    ones: build the optimizer after this."""
     if place.size == 1 and not fsdp:
         return module
     if fsdp:
         from torch.distributed.fsdp import fully_shard
 
+        from ..nn import TransformerBlock
+
         if not dist.is_initialized():
             raise ConfigError("--fsdp needs torchrun (a process group); launch with torchrun --nproc_per_node=N")
+        for block in [m for m in module.modules() if isinstance(m, TransformerBlock)]:
+            fully_shard(block)
         fully_shard(module)
         return module
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+
+def _whole(**options) -> "StateDictOptions":  # noqa: F821
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **options)
+
+
+def gather_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """FSDP: the whole model's weights on rank 0, on the CPU (a collective; other ranks get an empty dict)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_whole(cpu_offload=True))
+
+
+def gather_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """FSDP: the optimizer state of whole parameters, keyed by parameter name, on rank 0 (a collective)."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=_whole(cpu_offload=True))
+
+
+def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, weights: dict, optimizer_state: dict) -> None:
+    """FSDP: every rank takes its shards of whole weights and optimizer state (each rank read the checkpoint)."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    tied: dict[int, list[str]] = {}  # a tied parameter under all its names; the first is the one FSDP knows
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        tied.setdefault(id(parameter), []).append(name)
+    whole = {names[0]: next(weights[n] for n in names if n in weights) for names in tied.values()}
+    whole.update({name: weights[name] for name, _ in model.named_buffers() if name in weights})
+    set_model_state_dict(model, whole, options=_whole(strict=False))
+    set_optimizer_state_dict(model, optimizer, optimizer_state, options=_whole())
 
 
 def all_reduce_sums(*values: float, device: torch.device) -> list[float]:

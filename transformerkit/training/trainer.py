@@ -10,6 +10,7 @@ exactly the losses the uninterrupted run would have had (bit for bit on the CPU)
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import random
@@ -120,13 +121,17 @@ class Trainer:
         self.run_dir, self.evaluate, self.select = Path(run_dir), evaluate, select
         self.progress_bar = progress_bar and self.place.is_main
         self.lr_at = make_schedule(config.schedule, config.lr, config.warmup_steps, config.max_steps, config.min_lr)
+        # FSDP shards the model's parameters in place; rank 0 evaluates and saves a whole copy, refreshed from
+        # the shards when needed. Without FSDP the whole model is the model.
+        self.whole = copy.deepcopy(self.model) if config.fsdp and self.place.is_main else self.model
+        self._whole_step = -1
+        self.loss_module = distributed.wrap(distributed.LossModule(model, objective), self.device, self.place,
+                                            config.fsdp)
         decay = [p for p in model.parameters() if p.dim() >= 2]
         no_decay = [p for p in model.parameters() if p.dim() < 2]  # biases and norms are not decayed
         groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps,
                                            fused=self.device.type == "cuda")
-        self.loss_module = distributed.wrap(distributed.LossModule(model, objective), self.device, self.place,
-                                            config.fsdp)
         if config.compile:
             self.loss_module = torch.compile(self.loss_module, dynamic=True)
         self.progress = Progress()
@@ -258,12 +263,13 @@ class Trainer:
         """Evaluate, keep the best checkpoint, save last/; returns 'patience' when it is time to stop."""
         p, c = self.progress, self.config
         stop = None
+        self._refresh_whole()
         if self.evaluate is not None and self.place.is_main:
             start = time.perf_counter()
-            self.model.eval()
+            self.whole.eval()
             with torch.no_grad(), self._autocast():
-                metrics = self.evaluate(self.model)
-            self.model.train()
+                metrics = self.evaluate(self.whole)
+            self.whole.train()
             self._log({"step": p.step, "epoch": p.epoch, **metrics, "eval_seconds": time.perf_counter() - start,
                        "elapsed": p.elapsed})
             value = metrics[self.select]
@@ -287,13 +293,17 @@ class Trainer:
         if not self.place.is_main:
             return
         with atomic_folder(folder) as tmp:
-            write_model(self.model, tmp)
+            write_model(self.whole, tmp)
             if extra:
                 extra(tmp)
 
     def _save_last(self) -> None:
+        self._refresh_whole()
+        optimizer = (distributed.gather_optimizer_state(self.model, self.optimizer) if self.config.fsdp
+                     else self.optimizer.state_dict())
+
         def state(tmp: Path) -> None:
-            torch.save({"progress": asdict(self.progress), "optimizer": self.optimizer.state_dict(),
+            torch.save({"progress": asdict(self.progress), "optimizer": optimizer, "fsdp": self.config.fsdp,
                         "rng": _rng_state(), "config": asdict(self.config)}, tmp / STATE_FILE)
 
         self._save_model(self.run_dir / "last", state)
@@ -307,9 +317,16 @@ class Trainer:
         if not (last / STATE_FILE).exists():
             raise CheckpointError(f"{self.run_dir}: nothing to resume (no last/{STATE_FILE})")
         state = torch.load(last / STATE_FILE, map_location="cpu", weights_only=False)
-        load_weights(self.model, load_file(last / "model.safetensors"), str(last))
-        self.model.to(self.device)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("fsdp", False) != self.config.fsdp:
+            raise CheckpointError(f"{self.run_dir}: the run was saved {'with' if state.get('fsdp') else 'without'} "
+                                  "--fsdp; resume it the same way (the optimizer state is stored differently)")
+        weights = load_file(last / "model.safetensors")
+        if self.config.fsdp:
+            distributed.load_sharded(self.model, self.optimizer, weights, state["optimizer"])
+        else:
+            load_weights(self.model, weights, str(last))
+            self.model.to(self.device)
+            self.optimizer.load_state_dict(state["optimizer"])
         self.progress = Progress(**state["progress"])
         _set_rng_state(state["rng"])
         self._print(f"resumed {self.run_dir} at step {self.progress.step} (epoch {self.progress.epoch})")
@@ -320,19 +337,21 @@ class Trainer:
         self.progress.snapshots.append(self.progress.step)
         keep = max(1, self.config.average_last)
         dropped, self.progress.snapshots = self.progress.snapshots[:-keep], self.progress.snapshots[-keep:]
+        self._refresh_whole()
         if not self.place.is_main:
             return
         folder = self.run_dir / "snapshots"
         folder.mkdir(exist_ok=True)
         path = folder / f"step-{self.progress.step:08d}.safetensors"
         tmp = path.with_suffix(".tmp")
-        save_model(self.model, str(tmp))
+        save_model(self.whole, str(tmp))
         tmp.replace(path)
         for old in dropped:
             (folder / f"step-{old:08d}.safetensors").unlink(missing_ok=True)
 
     def _finish(self, reason: str | None) -> dict[str, Any]:
         c, p = self.config, self.progress
+        self._refresh_whole()
         if c.average_last and p.snapshots and self.place.is_main:
             self._average()
         summary = {"finished": reason, "step": p.step, "epoch": p.epoch, "tokens": p.tokens,
@@ -348,23 +367,33 @@ class Trainer:
         from safetensors.torch import load_file
 
         files = [self.run_dir / "snapshots" / f"step-{s:08d}.safetensors" for s in self.progress.snapshots]
-        current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        current = {k: v.detach().clone() for k, v in self.whole.state_dict().items()}
         total = {k: torch.zeros_like(v, dtype=torch.float32) for k, v in current.items()}
         for file in files:
             weights = load_file(file)
             for k in total:
                 total[k] += weights.get(k, current[k]).float()
-        self.model.load_state_dict({k: (v / len(files)).to(current[k].dtype) for k, v in total.items()})
+        self.whole.load_state_dict({k: (v / len(files)).to(current[k].dtype) for k, v in total.items()})
         metrics = {}
         if self.evaluate is not None:
-            self.model.eval()
+            self.whole.eval()
             with torch.no_grad(), self._autocast():
-                metrics = self.evaluate(self.model)
+                metrics = self.evaluate(self.whole)
             self._log({"step": self.progress.step, "averaged": len(files), **metrics})
             self._print(f"averaged the last {len(files)} snapshots: "
                         + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         self._save_model(self.run_dir / "averaged")
-        self.model.load_state_dict(current)
+        self.whole.load_state_dict(current)
+
+    def _refresh_whole(self) -> None:
+        """FSDP: gather the shards into rank 0's whole copy. A collective: every rank calls it at the same
+        points, and it runs once per step however many of them ask."""
+        if not self.config.fsdp or self._whole_step == self.progress.step:
+            return
+        weights = distributed.gather_weights(self.model)
+        if self.place.is_main:
+            self.whole.load_state_dict(weights)
+        self._whole_step = self.progress.step
 
     # ------------------------------------------------------------------------------------------ plumbing
 
