@@ -102,7 +102,8 @@ def loss_after_same_tokens(recipe: dict, steps: int, run_root: Path) -> dict[str
         r["training"].pop("max_minutes", None)
         r.setdefault("sample", {})["tokens"] = 0
         train_recipe(r, run, "cpu", progress_bar=False)
-        evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "val_loss" in line]
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        evals = [r for r in records if "val_loss" in r]
         out[dtype] = evals[-1]["val_loss"]
     return out
 
