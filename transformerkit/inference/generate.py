@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..nn.kv_cache import DecodeState
 from .sampling import pick_next
+from .search import drop_finished
 
 
 @dataclass
@@ -114,10 +115,9 @@ def generate_ids(model: nn.Module, prompts: list[list[int]], options: Generation
                 if on_token is not None and on_token(row, token):
                     ended[i] = True
         if ended.any():
-            keep = (~ended).nonzero().squeeze(1)
-            if keep.numel() == 0:
+            keep = drop_finished(ended, state)
+            if keep is None:
                 break
-            state.reorder(keep)
             rows, next_tokens = rows[keep.cpu()], next_tokens[keep]
             seen = seen[keep] if seen is not None else None
         if seen is not None:

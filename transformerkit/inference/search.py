@@ -43,10 +43,19 @@ def greedy_search(model: nn.Module, source: Tensor, source_mask: Tensor, max_len
             if not end:
                 outputs[row].append(token)
         if ended.any():
-            keep = (~ended).nonzero().squeeze(1)
-            if keep.numel() == 0:
+            keep = drop_finished(ended, state)
+            if keep is None:
                 break
-            state.reorder(keep)
             rows, next_tokens = rows[keep.cpu()], next_tokens[keep]
         tokens = next_tokens[:, None]
     return outputs
+
+
+def drop_finished(ended: Tensor, state) -> Tensor | None:
+    """Shrink the batch to its unfinished rows: the decoding state is reordered in place; returns the rows kept
+    (b',), or None when every row has finished."""
+    keep = (~ended).nonzero().squeeze(1)
+    if keep.numel() == 0:
+        return None
+    state.reorder(keep)
+    return keep
