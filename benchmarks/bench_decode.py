@@ -20,9 +20,8 @@ from common import machine, print_table, write_json
 
 import transformerkit as tk
 from transformerkit.data.batching import pad
-from transformerkit.inference.beam import beam_search
 from transformerkit.inference.generate import GenerationOptions, generate_ids
-from transformerkit.inference.search import greedy_search
+from transformerkit.inference.translate import decode_sources
 from transformerkit.runtime import keep_freed_memory
 
 MODES = ("greedy", "sampling", "beam5")
@@ -54,7 +53,7 @@ def run_decoder(size: str, dtype: torch.dtype, repeats: int) -> list[dict]:
                                     seed=0 if temperature else None)
         ours_run = lambda: generate_ids(ours, prompts.tolist(), options)  # noqa: E731
         ours_seconds = _best(ours_run, repeats)
-        share = model_share(ours_run, ours.decoder, ours.lm_head)
+        share = model_share(ours_run, ours)
         hf_options = dict(max_new_tokens=new, min_new_tokens=new, num_beams=beam, do_sample=temperature > 0,
                           top_k=0, top_p=1.0, temperature=1.0, pad_token_id=0)
         with torch.no_grad():
@@ -83,15 +82,12 @@ def run_translation(dtype: torch.dtype, repeats: int, run: str | None, sentences
     source, mask = pad([s + [c.eos_id] for s in encode(model.source_tokenizer, test)], c.pad_id)
     rows = []
     for mode in MODES:
-        if mode == "beam5":
-            ours = lambda: beam_search(model, source, mask, 5, new, 0.6, min_len=new)  # noqa: E731
-        else:
-            temperature = 1.0 if mode == "sampling" else 0.0
-            ours = lambda: greedy_search(model, source, mask, new, temperature=temperature,  # noqa: E731
-                                         generator=torch.Generator().manual_seed(0), min_len=new)
+        beam, temperature = (5, 0.0) if mode == "beam5" else (1, 1.0 if mode == "sampling" else 0.0)
+        ours = lambda: decode_sources(model, source, mask, new, beam, 0.6, min_len=new,  # noqa: E731
+                                      temperature=temperature, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             ours_seconds = _best(ours, repeats)
-            share = model_share(ours, model.encoder, model.decoder, model.lm_head)
+            share = model_share(ours, model)
             ref_seconds = _best(lambda: reference.generate(
                 input_ids=source, attention_mask=mask.long(), max_new_tokens=new, min_new_tokens=new,
                 num_beams=5 if mode == "beam5" else 1, do_sample=mode == "sampling", top_k=0, top_p=1.0,
@@ -103,32 +99,30 @@ def run_translation(dtype: torch.dtype, repeats: int, run: str | None, sentences
 
 
 @contextlib.contextmanager
-def model_timer(*modules):
-    """Time spent inside these modules' forward calls: the model's share of decoding, the rest being search
-    bookkeeping in Python (choosing tokens, reordering beams, stopping)."""
+def model_timer(model):
+    """Time spent inside the model's decoding interface (start: the encoder; step: the decoder and the output
+    layer): the model's share of decoding, the rest being search bookkeeping in Python (choosing tokens,
+    reordering beams, stopping)."""
     spent = [0.0]
-    originals = [m.forward for m in modules]
 
-    def timed(forward):
+    def timed(method):
         def call(*args, **kwargs):
             start = time.perf_counter()
             try:
-                return forward(*args, **kwargs)
+                return method(*args, **kwargs)
             finally:
                 spent[0] += time.perf_counter() - start
         return call
 
-    for module, forward in zip(modules, originals):
-        module.forward = timed(forward)
+    model.start, model.step = timed(model.start), timed(model.step)  # instance attributes shadow the methods
     try:
         yield spent
     finally:
-        for module, forward in zip(modules, originals):
-            module.forward = forward
+        del model.start, model.step
 
 
-def model_share(fn, *modules) -> float:
-    with model_timer(*modules) as spent:
+def model_share(fn, model) -> float:
+    with model_timer(model) as spent:
         start = time.perf_counter()
         fn()
         total = time.perf_counter() - start

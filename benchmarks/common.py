@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -12,25 +10,32 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from transformerkit import runtime  # noqa: E402
 from transformerkit.summary import format_table  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> str:
-    """CPU model, core count, threads and PyTorch version (and the GPU, when one is used)."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    parts = [cpu, f"{os.cpu_count()} cores", f"{torch.get_num_threads()} threads", f"torch {torch.__version__}"]
+    """CPU model, core count, threads, native bf16 or not and PyTorch version (and the GPU, when one is used)."""
+    return runtime.describe_machine()
+
+
+def machine_kind() -> str:
+    """The instruction-set family that decides what is fast here: amx, avx512bf16, avx512, avx2, or cuda."""
     if torch.cuda.is_available():
-        parts.insert(0, torch.cuda.get_device_name())
-    return ", ".join(parts)
+        return "cuda"
+    flags = runtime.cpu_flags()
+    for kind, flag in (("amx", "amx_bf16"), ("avx512bf16", "avx512_bf16"), ("avx512", "avx512f"), ("avx2", "avx2")):
+        if flag in flags:
+            return kind
+    return "cpu"
+
+
+def machine_facts() -> dict:
+    """What every results JSON records about where it was measured."""
+    return {"machine": machine(), "machine_kind": machine_kind(), "native_bf16": runtime.native_bf16("cpu"),
+            "threads": torch.get_num_threads()}
 
 
 def write_json(name: str, data) -> Path:

@@ -91,7 +91,7 @@ def train_throughput(setup, steps: int = 12) -> dict[str, float]:
 
 def loss_after_same_tokens(recipe: dict, steps: int, run_root: Path) -> dict[str, float]:
     """Validation loss of float32 and bfloat16 training after the same batches (same seed)."""
-    from transformerkit.training.run import train_recipe
+    from transformerkit.tasks.run import train_recipe
 
     out = {}
     for dtype in ("fp32", "bf16"):
@@ -126,11 +126,10 @@ def decode_speed(model, prompt_ids: list[int], new_tokens: int) -> float:
     """Tokens/s of single-stream greedy decoding after the prompt (the prefill is not counted)."""
     state = model.start(1, len(prompt_ids) + new_tokens + 1)
     with torch.no_grad():
-        hidden = model.decoder(torch.tensor([prompt_ids]), state=state)[:, -1:]
-        token = model.lm_head(hidden)[:, -1].argmax(-1, keepdim=True)
+        token = model.step(torch.tensor([prompt_ids]), state).argmax(-1, keepdim=True)
         start = time.perf_counter()
         for _ in range(new_tokens):
-            token = model.lm_head(model.decoder(token, state=state))[:, -1].argmax(-1, keepdim=True)
+            token = model.step(token, state).argmax(-1, keepdim=True)
     return new_tokens / (time.perf_counter() - start)
 
 
@@ -166,7 +165,7 @@ def smollm2(dtype: torch.dtype, new_tokens: int = 128) -> dict[str, float]:
     state = ours.start(1, 600)
     with torch.no_grad():
         start = time.perf_counter()
-        ours.lm_head(ours.decoder(torch.tensor([long_prompt[:500]]), state=state)[:, -1:])
+        ours.step(torch.tensor([long_prompt[:500]]), state)
         ttft = time.perf_counter() - start
     by_context = {str(n): decode_speed(ours, long_prompt[:n], 32) for n in (100, 1000, 4000)}
     return {"smollm2_decode_tokens_per_second": new_tokens / ours_seconds,

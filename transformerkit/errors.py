@@ -15,3 +15,16 @@ class DataError(TransformerkitError):
 
 class CheckpointError(TransformerkitError):
     """A checkpoint cannot be read into a model; the message names the file or tensor."""
+
+
+class TrainingError(TransformerkitError):
+    """Training cannot go on (a NaN loss); the message says where the last good checkpoint is."""
+
+
+class Interrupted(TransformerkitError):
+    """Ctrl-C or SIGTERM: a checkpoint was saved; the message says how to resume. The process exits with
+    128 + the signal's number (130 for SIGINT, 143 for SIGTERM), as shells expect."""
+
+    def __init__(self, message: str, signal_number: int = 2):
+        super().__init__(message)
+        self.exit_code = 128 + signal_number

@@ -21,7 +21,7 @@ from .data.tokenizers import train_bpe
 from .errors import ConfigError
 from .recipes import load_recipe
 from .summary import format_table
-from .training.run import RECIPE_FILE, train_recipe
+from .tasks.run import RECIPE_FILE, train_recipe
 
 MODELS = {  # results name -> recipe (with the direction filled in)
     "lstm": "multi30k-{direction}-lstm",
@@ -77,18 +77,20 @@ def _direction(direction: str) -> tuple[str, str]:
 
 
 def _set_budget(recipe: dict[str, Any], minutes: float | None, epochs: int | None) -> None:
-    """Equal wall-clock (or equal epochs) for every model: the recipe's own limits are dropped, except the step
-    count of a cosine schedule (it anneals to its floor at that step), which then also stops within the budget."""
+    """Equal wall-clock (or equal epochs) for every model: the recipe's own limits give way to a time budget,
+    which sizes each model's whole schedule (warmup, decay, averaging) to end inside it on this machine, with
+    evaluations spread over it for the curves; or to a number of epochs."""
     training = recipe.setdefault("training", {})
-    keep_steps = training.get("schedule") == "cosine" and not epochs
-    for key in ("max_epochs", "max_minutes", *(() if keep_steps else ("max_steps",))):
+    for key in ("max_epochs", "max_minutes", "max_steps", "budget_minutes"):
         training.pop(key, None)
     if epochs:
         training["max_epochs"] = epochs
         if training.get("schedule") == "cosine":  # cosine needs a length in steps; the budget is in epochs
             training["schedule"] = "inverse_sqrt"
     else:
-        training["max_minutes"] = minutes
+        training["budget_minutes"] = minutes
+        training["max_minutes"] = 1.1 * minutes  # a hard stop, should the machine slow down at the very end
+        training["evaluations"] = max(6, training.get("evaluations", 0))  # a curve per model
 
 
 def _finished(run: Path) -> bool:
@@ -101,8 +103,8 @@ def _records(run: Path) -> list[dict[str, Any]]:
 
 
 def evaluate_model(name: str, run: Path, device: str) -> dict[str, Any]:
+    from .evaluation.test_set import evaluate_split
     from .loading import load
-    from .tasks.translation import evaluate_split
 
     records = _records(run)
     summary = records[-1]["summary"]
@@ -136,22 +138,14 @@ def _cell(value: Any) -> Any:
 
 
 def plot_bleu_vs_time(out: Path, names: list[str]) -> Path:
-    from .viz import _pyplot
+    from .viz import plot_curves
 
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5))
+    curves = {}
     for name in names:
         evals = [r for r in _records(out / name) if "val_bleu" in r and "averaged" not in r]
-        ax.plot([r["elapsed"] / 60 for r in evals], [r["val_bleu"] for r in evals], "o-", label=name)
-    ax.set(xlabel="training wall-clock (minutes)", ylabel="validation sacreBLEU (greedy)",
-           title="Multi30k: validation BLEU against training time")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = out / "bleu_vs_time.png"
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+        curves[name] = ([r["elapsed"] / 60 for r in evals], [r["val_bleu"] for r in evals])
+    return plot_curves(curves, out / "bleu_vs_time.png", "training wall-clock (minutes)",
+                       "validation sacreBLEU (greedy)", "Multi30k: validation BLEU against training time")
 
 
 @torch.no_grad()
@@ -160,9 +154,9 @@ def plot_alignments(out: Path, index: int = 0) -> Path:
     (cross-attention of the last decoder layer, averaged over heads), side by side."""
     from .inference.translate import translate
     from .loading import load
-    from .viz import _pyplot, translation_attention
+    from .viz import plot_alignments as draw
+    from .viz import translation_attention
 
-    plt = _pyplot()
     task = load(out / "transformer", device="cpu").task
     sentence = multi30k("test_2016_flickr", task["source_lang"], task["target_lang"]).sources[index]
     panels = []
@@ -174,19 +168,8 @@ def plot_alignments(out: Path, index: int = 0) -> Path:
             matrix = weights["cross"][-1].mean(dim=0)  # (T, S)
         else:
             matrix, source_tokens, target_tokens = _rnn_alignment(model, sentence, translation)
-        panels.append((name, matrix, source_tokens, target_tokens))
-    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 6))
-    for ax, (name, matrix, source_tokens, target_tokens) in zip(axes, panels):
-        ax.imshow(matrix.numpy(), cmap="viridis", vmin=0, vmax=float(matrix.max()))
-        ax.set_xticks(range(len(source_tokens)), source_tokens, rotation=90, fontsize=8)
-        ax.set_yticks(range(len(target_tokens)), target_tokens, fontsize=8)
-        ax.set_title(name.replace("_", " "))
-    fig.suptitle("Where each output token looks in the source")
-    fig.tight_layout()
-    path = out / "attention.png"
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+        panels.append((name.replace("_", " "), matrix, source_tokens, target_tokens))
+    return draw(panels, out / "attention.png", "Where each output token looks in the source")
 
 
 def _rnn_alignment(model, sentence: str, translation: str):
@@ -195,7 +178,5 @@ def _rnn_alignment(model, sentence: str, translation: str):
     target = model.target_tokenizer.encode(translation, add_special_tokens=False)
     source_ids = torch.tensor([source.ids + [c.eos_id]])
     target_ids = torch.tensor([[c.start_id] + target.ids])
-    state = model.start(source_ids, torch.ones_like(source_ids, dtype=torch.bool))
-    state.record = True
-    model.step(target_ids, state)
-    return torch.stack([w[0] for w in state.attention_weights]), source.tokens + ["</s>"], ["<s>"] + target.tokens
+    weights = model.attention_weights(source_ids, target_ids)[0]  # (T, S)
+    return weights, source.tokens + ["</s>"], ["<s>"] + target.tokens

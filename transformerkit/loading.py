@@ -13,17 +13,8 @@ from torch import nn
 
 from .errors import CheckpointError
 from .interop import huggingface
+from .runtime import best_device
 from .training.checkpoint import attach_tokenizers, is_checkpoint, load_weights, read_checkpoint
-
-
-def best_device() -> torch.device:
-    """CUDA if present, then Apple's MPS, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
 
 # alias -> (the package that ships the model, the file or folder inside it, the pip command that installs it)
 ALIASES = {
@@ -58,6 +49,17 @@ def resolve(path: str | os.PathLike) -> Path:
     return folder
 
 
+def run_folder_of(path: str | os.PathLike) -> Path | None:
+    """The training run folder that MODEL names (the folder itself, or the run around its checkpoint), if any."""
+    if str(path) in ALIASES:
+        return None
+    folder = Path(path).expanduser()
+    for candidate in (folder, folder.parent):
+        if (candidate / "metrics.jsonl").exists():
+            return candidate
+    return None
+
+
 def load(path: str | os.PathLike, device: str | torch.device | None = None,
          dtype: torch.dtype | None = None) -> nn.Module:
     """Read a model for inference (eval mode) onto `device` (default: the best available) in `dtype`."""
@@ -76,51 +78,26 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None,
 
 def load_hf_folder(folder: Path) -> nn.Module:
     """A Hugging Face model folder (config.json with model_type gpt2, llama, bert, bart or marian) -> our model."""
-    from .models import FAMILIES
-    from .nn.init import build_empty
+    from .models import build_empty_model
 
     config, weights = huggingface.load_hf(folder)
-    model = build_empty(FAMILIES[config.family], config)
+    model = build_empty_model(config)
     load_weights(model, {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}, str(folder))
     attach_tokenizers(model, folder)
     if (folder / "modules.json").exists():
+        from .interop.sentence_transformers import apply_sentence_transformers
+
         apply_sentence_transformers(model, folder)
     return model
-
-
-def apply_sentence_transformers(model: nn.Module, folder: Path) -> None:
-    """A sentence-transformers folder: its pooling (mean or first token), its normalisation and its length limit.
-
-    modules.json lists the pipeline (Transformer, Pooling, Normalize); the Pooling module's config.json says
-    which pooling; sentence_bert_config.json gives max_seq_length, beyond which inputs are truncated."""
-    import json
-
-    modules = json.loads((folder / "modules.json").read_text())
-    changes = {"normalize_embeddings": any(m.get("type", "").endswith(".Normalize") for m in modules)}
-    for module in modules:
-        if module.get("type", "").endswith(".Pooling"):
-            pooling = json.loads((folder / module["path"] / "config.json").read_text())
-            modes = [k.removeprefix("pooling_mode_").removesuffix("_tokens").removesuffix("_token")
-                     for k, on in pooling.items() if k.startswith("pooling_mode_") and on]
-            if modes not in (["mean"], ["cls"]):
-                raise CheckpointError(f"{folder}: pooling {modes} is not supported; transformerkit reads mean or cls")
-            changes["pooling"] = modes[0]
-    model.config = model.config.replace(**changes)
-    settings = folder / "sentence_bert_config.json"
-    if settings.exists() and model.tokenizer is not None:
-        limit = json.loads(settings.read_text()).get("max_seq_length")
-        if limit:
-            model.tokenizer.enable_truncation(min(limit, model.config.max_len))
 
 
 def load_gguf(path: Path) -> nn.Module:
     """A GGUF file (llama architecture) -> our DecoderOnly, with its tokenizer and chat template."""
     from .interop.gguf import read_gguf
-    from .models import DecoderOnly
-    from .nn.init import build_empty
+    from .models import build_empty_model
 
     config, weights, tokenizer, chat_template = read_gguf(path)
-    model = build_empty(DecoderOnly, config)
+    model = build_empty_model(config)
     load_weights(model, weights, str(path))
     model.tokenizer, model.chat_template = tokenizer, chat_template
     return model

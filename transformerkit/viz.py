@@ -1,4 +1,4 @@
-"""Pictures: training curves from metrics.jsonl, and attention heatmaps (PNG)."""
+"""Pictures: training curves from metrics.jsonl, attention heatmaps and alignments, curves compared (PNG)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
+from .data.tokenizers import clean_text
 from .errors import DataError
 from .nn.attention import MultiHeadAttention
 
@@ -27,7 +28,8 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return records
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: files, never a window."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -38,7 +40,7 @@ def _pyplot():
 
 def plot_training(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Loss (train and validation), validation BLEU or perplexity, learning rate and throughput against step."""
-    plt = _pyplot()
+    plt = pyplot()
     records = read_metrics(run_dir)
     train = [r for r in records if "loss" in r]
     evals = [r for r in records if "val_loss" in r and "averaged" not in r]
@@ -87,7 +89,7 @@ def record_attention(model: nn.Module) -> Iterator[dict[str, list[MultiHeadAtten
 def heatmaps(weights: dict[str, list[Tensor]], source_tokens: list[str], target_tokens: list[str],
              out_dir: str | Path) -> list[Path]:
     """One PNG per attention kind and layer, a panel per head. weights[kind][layer]: (H, Tq, Tk)."""
-    plt = _pyplot()
+    plt = pyplot()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     axes_tokens = {"encoder": (source_tokens, source_tokens), "decoder": (target_tokens, target_tokens),
@@ -125,8 +127,8 @@ def translation_attention(model: nn.Module, sentence: str, translation: str) -> 
     """Attention weights of an encoder-decoder reading `sentence` and producing `translation` (teacher forced):
     {kind: [(H, Tq, Tk) per layer]}, with the source and target token strings for the axes."""
     c = model.config
-    source = model.source_tokenizer.encode(sentence, add_special_tokens=False)
-    target = model.target_tokenizer.encode(translation, add_special_tokens=False)
+    source = model.source_tokenizer.encode(clean_text(sentence), add_special_tokens=False)
+    target = model.target_tokenizer.encode(clean_text(translation), add_special_tokens=False)
     device = next(model.parameters()).device
     source_ids = torch.tensor([source.ids + [c.eos_id]], device=device)
     target_ids = torch.tensor([[c.start_id] + target.ids], device=device)
@@ -134,3 +136,35 @@ def translation_attention(model: nn.Module, sentence: str, translation: str) -> 
         model(source_ids, target_ids)
         weights = {kind: [m.weights[0].cpu() for m in modules] for kind, modules in layers.items() if modules}
     return weights, source.tokens + ["</s>"], ["<s>"] + target.tokens
+
+
+def plot_curves(curves: dict[str, tuple[list[float], list[float]]], path: Path, xlabel: str, ylabel: str,
+                title: str) -> Path:
+    """One line with markers per named (x, y) series, on one axis."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, (x, y) in curves.items():
+        ax.plot(x, y, "o-", label=name)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def plot_alignments(panels: list[tuple[str, Tensor, list[str], list[str]]], path: Path, title: str) -> Path:
+    """Side-by-side alignment heatmaps: (panel title, matrix (T, S), source tokens, target tokens) each."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 6), squeeze=False)
+    for ax, (name, matrix, source_tokens, target_tokens) in zip(axes[0], panels):
+        ax.imshow(matrix.float().numpy(), cmap="viridis", vmin=0, vmax=float(matrix.max()))
+        ax.set_xticks(range(len(source_tokens)), source_tokens, rotation=90, fontsize=8)
+        ax.set_yticks(range(len(target_tokens)), target_tokens, fontsize=8)
+        ax.set_title(name)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

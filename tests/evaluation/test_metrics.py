@@ -22,3 +22,20 @@ def test_sacrebleu_and_chrf_carry_their_signatures():
     bleu, chrf = sacrebleu_score(hyps, refs), chrf_score(hyps, refs)
     assert bleu["sacrebleu"] == pytest.approx(100.0) and "tok:13a" in bleu["sacrebleu_signature"]
     assert chrf["chrf"] == pytest.approx(100.0) and "nc:6" in chrf["chrf_signature"]
+
+
+def test_retrieval_scores_rank_by_cosine_similarity():
+    import torch
+
+    from transformerkit.evaluation.metrics import perplexity, retrieval_scores
+
+    queries = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, -2.0]])
+    candidates = torch.tensor([[3.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, -1.0]])  # query i's answer: candidate i
+    scores = retrieval_scores(queries, candidates)
+    # cosines worked out by hand: query 1 is nearer candidate 2 (1.0) than its own (0.71), query 2 nearer
+    # candidate 1 (1.0) than its own (0.71, tied with candidate 0, and ties do not count against it)
+    ranks = [1, 2, 2, 1]
+    assert scores["recall_at_1"] == pytest.approx(2 / 4)
+    assert scores["recall_at_5"] == pytest.approx(1.0)
+    assert scores["mrr"] == pytest.approx(sum(1 / r for r in ranks) / 4)
+    assert perplexity(0.0) == 1.0 and perplexity(1.0) == pytest.approx(2.718281828) and perplexity(1e9) < float("inf")

@@ -18,7 +18,7 @@ def model(request):
     model = tk.build_model(tk.preset(request.param, vocab_size=tokenizer.get_vocab_size(), dropout=0.0,
                                      attention_dropout=0.0)).eval()
     with torch.no_grad():
-        model.lm_head.weight.mul_(3) if not model.config.tie_embeddings else model.decoder.embed.tokens.weight.mul_(3)
+        model.output_layer().weight.mul_(3)  # tied or not, the output layer's weight sharpens the distribution
     model.tokenizer = tokenizer
     return model
 
@@ -74,7 +74,7 @@ def test_sampling_is_reproducible_with_a_seed_and_varies_without(model):
 
 
 def test_repetition_penalty_makes_seen_tokens_less_likely(model):
-    from transformerkit.inference.generate import _penalize
+    from transformerkit.inference.search import penalize as _penalize
 
     logits = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
     penalized = _penalize(logits, torch.tensor([[0, 1, 0]]), 2.0)

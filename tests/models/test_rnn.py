@@ -4,10 +4,9 @@ import pytest
 import torch
 
 from transformerkit import ConfigError
-from transformerkit.inference.beam import beam_search
-from transformerkit.inference.search import greedy_search
+from transformerkit.inference.translate import decode_sources
 from transformerkit.models import RNNConfig, RNNSeq2Seq
-from transformerkit.training.objectives import TranslationLoss
+from transformerkit.tasks.translation import TranslationLoss
 
 VARIANTS = {"lstm": dict(cell="lstm"), "gru": dict(cell="gru"), "lstm_attention": dict(cell="lstm", attention=True),
             "gru_attention": dict(cell="gru", attention=True)}
@@ -23,6 +22,14 @@ def pairs():
     """Four sentence pairs: the target is the source reversed, plus one."""
     sources = [[5, 6, 7, 8], [9, 10, 11], [12, 13, 14, 15, 16], [17, 18]]
     return sources, [[t + 1 for t in reversed(s)] for s in sources]
+
+
+def greedy_search(model, source, mask, max_len):
+    return decode_sources(model, source, mask, max_len, beam=1)
+
+
+def beam_search(model, source, mask, beam, max_len):
+    return decode_sources(model, source, mask, max_len, beam=beam)
 
 
 def batch(model):
@@ -53,9 +60,9 @@ def test_step_by_step_decoding_equals_teacher_forcing(name):
     model = tiny(name).eval()
     b = batch(model)
     full = model(b.source, b.target_in, b.source_mask)
-    state = model.start(b.source, b.source_mask)
+    state = model.start(4, 8, b.source, b.source_mask)
     steps = [model.step(b.target_in[:, t:t + 1], state) for t in range(b.target_in.shape[1])]
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.stack(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -70,10 +77,7 @@ def test_beam_of_one_is_greedy(name):
 def test_attention_weights_sum_to_one_and_skip_padding(name):
     model = tiny(name).eval()
     b = batch(model)
-    state = model.start(b.source, b.source_mask)
-    state.record = True
-    model.step(b.target_in, state)
-    weights = torch.stack(state.attention_weights, dim=1)  # (B, T, S)
+    weights = model.attention_weights(b.source, b.target_in, b.source_mask)  # (B, T, S)
     torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:2]))
     assert (weights[~b.source_mask[:, None, :].expand_as(weights)] == 0).all()
 

@@ -5,8 +5,18 @@ from hypothesis import strategies as st
 from torch import nn
 
 from transformerkit import ModelConfig
-from transformerkit.nn import KVCache, MultiHeadAttention, fused_attention, scaled_dot_product_attention
+from transformerkit.nn import KVCache, MultiHeadAttention, scaled_dot_product_attention
+from transformerkit.nn import attention as attention_module
 from transformerkit.nn.masks import attention_mask, causal_mask, to_key_padding
+
+
+def fused_attention(*args):
+    """The fused path, forced to PyTorch's flash kernel: on a CPU its math fallback would be the same formula
+    as the written-out one, and the test would compare a kernel with itself."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        return attention_module.fused_attention(*args)
 
 
 def config(**changes):
@@ -35,6 +45,32 @@ def test_fused_equals_written_out(kind, Hkv):
     mask, is_causal = attention_mask(padding, 6, 6, causal=kind in ("causal", "both"))
     written, _ = scaled_dot_product_attention(q, k, v, mask, is_causal)
     torch.testing.assert_close(fused_attention(q, k, v, mask, is_causal), written, atol=1e-6, rtol=1e-5)
+
+
+def test_the_module_runs_the_fused_kernel_where_chosen_and_it_gives_the_written_out_answer(monkeypatch):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    attention = MultiHeadAttention(config(n_kv_heads=2)).eval()
+    x = torch.randn(2, 7, 32)
+    calls = []
+    monkeypatch.setattr(attention_module, "_written_out_is_faster", lambda q, k: False)
+    monkeypatch.setattr(attention_module, "fused_attention",
+                        lambda *a: calls.append(a) or attention_module.F.scaled_dot_product_attention(
+                            *a[:3], attn_mask=a[3], is_causal=a[4], dropout_p=a[5], enable_gqa=True))
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        fused = attention(x, is_causal=True)
+    assert len(calls) == 1
+    attention.fused = False  # always the written-out kernel
+    torch.testing.assert_close(fused, attention(x, is_causal=True), atol=1e-6, rtol=1e-5)
+
+
+def test_the_cpu_crossover_writes_attention_out_for_short_sequences_only():
+    short, long = torch.randn(1, 4, 20, 8), torch.randn(1, 4, 300, 8)
+    assert attention_module._written_out_is_faster(short, short)
+    assert not attention_module._written_out_is_faster(long, long)
+    with torch.no_grad():  # bfloat16 training's fused backward is slow: a higher crossover, but only with grads
+        assert not attention_module._written_out_is_faster(short.bfloat16(), torch.randn(1, 4, 200, 8).bfloat16())
+    assert attention_module._written_out_is_faster(short.bfloat16(), torch.randn(1, 4, 200, 8).bfloat16())
 
 
 def test_weights_sum_to_one_and_are_zero_where_masked():
@@ -70,9 +106,10 @@ def copy_into_torch(ours: MultiHeadAttention, d_model: int, n_heads: int) -> nn.
 
 
 @pytest.mark.parametrize("fused", [True, False])
-def test_self_attention_matches_torch_with_padding_and_causal_masks(fused):
+def test_self_attention_matches_torch_with_padding_and_causal_masks(fused, monkeypatch):
     ours = MultiHeadAttention(config()).eval()
     ours.fused = fused
+    monkeypatch.setattr(attention_module, "_written_out_is_faster", lambda q, k: False)  # fused means fused
     reference = copy_into_torch(ours, 32, 4)
     x = torch.randn(3, 7, 32)
     key_mask = torch.ones(3, 7, dtype=torch.bool)
@@ -80,11 +117,11 @@ def test_self_attention_matches_torch_with_padding_and_causal_masks(fused):
     key_mask[2, 2:] = False
     mask, is_causal = attention_mask(key_mask, 7, 7, causal=False)
     expected, _ = reference(x, x, x, key_padding_mask=to_key_padding(key_mask))
-    torch.testing.assert_close(ours(x, mask, is_causal), expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(ours(x, mask=mask, is_causal=is_causal), expected, atol=1e-6, rtol=1e-5)
     # causal: torch wants True = ignore, the upper triangle
     mask, is_causal = attention_mask(None, 7, 7, causal=True)
     expected, _ = reference(x, x, x, attn_mask=~causal_mask(7, 7))
-    torch.testing.assert_close(ours(x, mask, is_causal), expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(ours(x, mask=mask, is_causal=is_causal), expected, atol=1e-6, rtol=1e-5)
 
 
 def test_cross_attention_matches_torch():
@@ -94,7 +131,7 @@ def test_cross_attention_matches_torch():
     memory_mask = torch.ones(2, 9, dtype=torch.bool)
     memory_mask[0, 6:] = False
     expected, _ = reference(x, memory, memory, key_padding_mask=to_key_padding(memory_mask))
-    out = ours(x, memory_mask[:, None, None, :], memory_kv=ours.project_memory(memory))
+    out = ours(x, mask=memory_mask[:, None, None, :], memory_kv=ours.project_memory(memory))
     assert out.shape == (2, 5, 32)
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
 

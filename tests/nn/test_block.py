@@ -4,6 +4,7 @@ from torch import nn
 
 from transformerkit import ModelConfig
 from transformerkit.nn import TransformerBlock
+from transformerkit.nn.block import Context
 from transformerkit.nn.masks import attention_mask, causal_mask, to_key_padding
 
 
@@ -46,7 +47,7 @@ def test_encoder_block_matches_torch(norm_position):
     key_mask[1, 4:] = False
     mask, _ = attention_mask(key_mask, 6, 6, causal=False)
     expected = theirs(x, src_key_padding_mask=to_key_padding(key_mask))
-    torch.testing.assert_close(ours(x, mask)[key_mask], expected[key_mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours(x, Context(mask=mask))[key_mask], expected[key_mask], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("norm_position", ["post", "pre"])
@@ -63,8 +64,8 @@ def test_decoder_block_matches_torch(norm_position):
     memory_mask = torch.ones(2, 7, dtype=torch.bool)
     memory_mask[0, 5:] = False
     expected = theirs(x, memory, tgt_mask=~causal_mask(5, 5), memory_key_padding_mask=to_key_padding(memory_mask))
-    out = ours(x, is_causal=True, memory_kv=ours.cross_attn.project_memory(memory),
-               memory_mask=memory_mask[:, None, None, :])
+    out = ours(x, Context(is_causal=True, memory_mask=memory_mask[:, None, None, :]),
+               memory_kv=ours.cross_attn.project_memory(memory))
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 

@@ -9,10 +9,10 @@ import transformerkit as tk
 from transformerkit.data.masking import IGNORE, mask_tokens
 from transformerkit.recipes import load_recipe
 from transformerkit.tasks import prepare
-from transformerkit.training.run import train_recipe
+from transformerkit.tasks.run import train_recipe
 
 TINY_BERT = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.d_ff=64", "tokenizer.vocab_size=500",
-             "data.batch_tokens=2048", "training.warmup_steps=5", "training.bf16=false", "training.log_every=5"]
+             "data.batch_tokens=2048", "training.warmup_steps=5", "training.log_every=5"]
 
 
 def test_masking_statistics_on_a_large_batch():
@@ -49,7 +49,7 @@ def test_pretrain_then_classify_then_contrastive(data_env, tmp_path):
     langid = tmp_path / "langid"
     train_recipe(load_recipe("multi30k-langid", [f"model.init={json.dumps(str(bert))}", "training.max_steps=40",
                                                  "training.warmup_steps=5", "training.log_every=5",
-                                                 "training.eval_every=20", "training.lr=3e-3", "training.bf16=false",
+                                                 "training.eval_every=20", "training.lr=3e-3",
                                                  "data.batch_tokens=2048"]), langid, progress_bar=False)
     model = tk.load(langid, device="cpu")
     assert model.task["labels"] == ["de", "en", "fr", "cs"]
@@ -62,7 +62,7 @@ def test_pretrain_then_classify_then_contrastive(data_env, tmp_path):
     embed = tmp_path / "embed"
     train_recipe(load_recipe("multi30k-captions-contrastive", [f"model.init={json.dumps(str(bert))}",
                                                                "training.max_steps=10", "training.eval_every=10",
-                                                               "data.batch_size=16", "training.bf16=false"]),
+                                                               "data.batch_size=16"]),
                  embed, progress_bar=False)
     encoder = tk.load(embed, device="cpu")
     vectors = encoder.embed(["A dog runs.", "Two men are talking outside a shop.", "A dog runs."])

@@ -4,11 +4,11 @@ import torch
 from transformerkit.recipes import load_recipe
 from transformerkit.tasks import prepare
 from transformerkit.tasks.language_model import WindowData
-from transformerkit.training.run import train_recipe
+from transformerkit.tasks.run import train_recipe
 
 
 def test_windows_are_reproducible_per_epoch_and_batch():
-    data = WindowData(torch.arange(1000), batch_size=4, context=16, seed=3, batches_per_epoch=10)
+    data = WindowData(torch.arange(1000), batch_size=4, context=16, seed=3, batches_per_epoch=10, what="test")
     assert torch.equal(data.batch(2, 5).ids, data.batches(2)[5].ids)
     assert not torch.equal(data.batch(2, 5).ids, data.batch(3, 5).ids)
     batch = data.batch(0, 0).ids
@@ -32,7 +32,7 @@ def test_a_tiny_language_model_learns(data_env, tmp_path):
     recipe = load_recipe("shakespeare-char", [
         "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.d_ff=64", "model.max_len=32",
         "data.context=32", "data.batch_size=16", "data.val_batches=2", "training.max_steps=60",
-        "training.eval_every=30", "training.warmup_steps=5", "training.lr=1e-2", "training.bf16=false",
+        "training.eval_every=30", "training.warmup_steps=5", "training.lr=1e-2",
         "sample.tokens=20"])
     train_recipe(recipe, tmp_path / "run", progress_bar=False)
     import json

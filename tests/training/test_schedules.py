@@ -27,3 +27,33 @@ def test_cosine_needs_a_length():
         make_schedule("cosine", 1e-3, 10, None, 0.0)
     with pytest.raises(ConfigError, match="'linear' is not allowed"):
         make_schedule("linear", 1e-3, 10, 100, 0.0)
+
+
+def test_a_budget_plan_fits_steps_and_evaluations_in_the_time_left():
+    from transformerkit.training.schedules import plan_budget
+
+    n = plan_budget(budget_seconds=600, elapsed=30, step=30, step_seconds=0.5, eval_seconds=10, evaluations=0,
+                    eval_every=100, snapshot_every=0, averaged=False, max_steps=None)
+    def cost(total):  # steps, and evaluations every 100 steps and at the end
+        return (total - 30) * 0.5 + (total // 100 + 1) * 10
+
+    assert cost(n) <= 0.98 * 600 - 30 < cost(n + 1)
+    spread = plan_budget(budget_seconds=120, elapsed=10, step=20, step_seconds=0.5, eval_seconds=2, evaluations=4,
+                         eval_every=0, snapshot_every=10, averaged=True, max_steps=None)
+    assert spread % 10 == 0  # it ends on a snapshot, so the averaged ones are the last
+    assert (spread - 20) * 0.5 + (4 + 1) * 2 <= 0.98 * 120 - 10
+    assert plan_budget(budget_seconds=600, elapsed=30, step=30, step_seconds=0.5, eval_seconds=10, evaluations=0,
+                       eval_every=100, snapshot_every=0, averaged=False, max_steps=200) == 200
+
+
+def test_a_re_planned_cosine_continues_without_a_jump_and_ends_at_the_floor():
+    from transformerkit.training.schedules import cosine, cosine_progress
+
+    first = cosine(1e-3, 100, 1000, floor=1e-5)
+    anchor = (400, cosine_progress(100, 1000, 400))
+    longer, shorter = cosine(1e-3, 100, 1600, 1e-5, anchor), cosine(1e-3, 100, 700, 1e-5, anchor)
+    for replanned, end in ((longer, 1600), (shorter, 700)):
+        assert replanned(400) == pytest.approx(first(400))
+        assert replanned(401) == pytest.approx(first(400), rel=0.01)
+        assert replanned(end) == pytest.approx(1e-5)
+    assert longer(1000) > first(1000) and shorter(650) < first(650)

@@ -10,12 +10,12 @@ import torch
 
 import transformerkit as tk
 from transformerkit.recipes import load_recipe
-from transformerkit.training.run import train_recipe
+from transformerkit.tasks.run import train_recipe
 from transformerkit.training.trainer import Interrupted, TrainingError
 
 TINY = ["model.preset=transformer-tiny", "model.d_model=32", "model.d_ff=64", "model.n_layers=1",
         "model.n_heads=2", "tokenizer.vocab_size=300", "data.batch_tokens=600", "training.warmup_steps=5",
-        "training.lr=3e-3", "training.log_every=1", "training.bf16=false", "training.max_minutes=10",
+        "training.lr=3e-3", "training.log_every=1", "training.max_minutes=10",
         "training.snapshot_every=0", "training.average_last=0"]
 
 
@@ -61,7 +61,7 @@ def test_a_new_run_never_overwrites_an_old_one(data_env, tmp_path):
 
 
 def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_env, tmp_path, monkeypatch):
-    from transformerkit.training import objectives
+    from transformerkit.tasks import translation as objectives
 
     recipe = tiny_recipe("training.max_steps=4", "training.eval_every=2")
     calls = {"n": 0}
@@ -83,7 +83,7 @@ def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_env, tmp_path,
 def test_ctrl_c_saves_a_checkpoint_after_the_step(data_env, tmp_path, monkeypatch):
     from transformerkit.training import trainer
 
-    original = trainer.Trainer._step
+    original = trainer.Trainer.step
 
     def step_then_interrupt(self, group):
         loss = original(self, group)
@@ -91,7 +91,7 @@ def test_ctrl_c_saves_a_checkpoint_after_the_step(data_env, tmp_path, monkeypatc
             os.kill(os.getpid(), signal.SIGINT)
         return loss
 
-    monkeypatch.setattr(trainer.Trainer, "_step", step_then_interrupt)
+    monkeypatch.setattr(trainer.Trainer, "step", step_then_interrupt)
     with pytest.raises(Interrupted, match="resume"):
         train_recipe(tiny_recipe("training.max_steps=5", "training.eval_every=0"), tmp_path / "run",
                      progress_bar=False)
@@ -100,24 +100,30 @@ def test_ctrl_c_saves_a_checkpoint_after_the_step(data_env, tmp_path, monkeypatc
 
 
 def test_accumulated_batches_weigh_every_token_like_one_big_batch(data_env, tmp_path):
+    import copy
+
     from transformerkit.data.batching import seq2seq_batch
     from transformerkit.tasks import prepare
+    from transformerkit.training.trainer import Trainer
 
     setup = prepare(tiny_recipe("training.max_steps=1", "model.dropout=0.0"), run_dir=tmp_path)
-    model, data = setup.model, setup.data
+    data = setup.data
     first, second = data.batches(0)[:2]
-    total = first.n_target_tokens + second.n_target_tokens
-
-    def gradient(losses):
-        model.zero_grad()
-        torch.autograd.backward([loss / total for loss in losses])  # what Trainer._step does
-        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-
-    accumulated = gradient([setup.objective(model, b)[0] for b in (first, second)])
     indices = first.indices + second.indices
     merged = seq2seq_batch([data.sources[i] for i in indices], [data.targets[i] for i in indices], indices,
                            **data.special)
-    torch.testing.assert_close(accumulated, gradient([setup.objective(model, merged)[0]]), atol=1e-6, rtol=1e-4)
+
+    def gradient(group):
+        """The gradient the trainer's step hands the optimizer."""
+        trainer = Trainer(copy.deepcopy(setup.model), data, setup.objective, setup.train_config, tmp_path / "t",
+                          progress_bar=False)
+        seen = []
+        trainer.optimizer.step = lambda: seen.append(torch.cat([p.grad.flatten() for p in trainer.model.parameters()
+                                                                if p.grad is not None]))
+        trainer.step(group)
+        return seen[0]
+
+    torch.testing.assert_close(gradient([first, second]), gradient([merged]), atol=1e-6, rtol=1e-4)
 
 
 def test_init_starts_from_pretrained_weights(data_env, tmp_path):
@@ -128,3 +134,27 @@ def test_init_starts_from_pretrained_weights(data_env, tmp_path):
     train_recipe(tiny_recipe("training.max_steps=2", "training.eval_every=0"), tmp_path / "scratch",
                  progress_bar=False)
     assert losses(tmp_path / "fine")[0] < losses(tmp_path / "scratch")[0] - 0.5  # it starts where base ended
+
+
+def test_a_time_budget_sizes_the_schedule_to_end_inside_it(data_env, tmp_path):
+    recipe = tiny_recipe("training.budget_minutes=0.25", "training.schedule=\"cosine\"", "training.min_lr=1e-5",
+                         "training.warmup_steps=20", "training.evaluations=3", "training.snapshot_every=5",
+                         "training.average_last=2")
+    recipe["training"].pop("max_minutes")
+    summary = train_recipe(recipe, tmp_path / "run", progress_bar=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["precision"] in ("fp32", "bf16") and records[0]["precision_reason"]
+    plan = [r for r in records if "planned_steps" in r and "summary" not in r][-1]  # re-planned as it went
+    assert summary["finished"] == "budget" and summary["step"] == plan["planned_steps"] > 30
+    assert summary["planned_steps"] == plan["planned_steps"] and summary["budget_minutes"] == 0.25
+    assert summary["train_seconds"] <= 0.25 * 60 * 1.1
+    assert [r for r in records if "lr" in r][-1]["lr"] == pytest.approx(1e-5, rel=0.05)  # annealed to the floor
+    assert len([r for r in records if "val_bleu" in r and "averaged" not in r]) >= 3
+
+
+def test_a_run_stopped_long_before_its_plan_says_so(data_env, tmp_path, capsys):
+    summary = train_recipe(tiny_recipe("training.max_steps=100000", "training.max_minutes=0.02",
+                                       "training.eval_every=0"), tmp_path / "run", progress_bar=False)
+    assert summary["finished"] == "max_minutes" and not summary["learned"]
+    err = capsys.readouterr().err
+    assert "too early to learn" in err and "tokens/s" in err

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, fields
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -63,7 +64,7 @@ def bucket_by_tokens(lengths: list[int], max_tokens: int, seed: int, epoch: int,
     Items are sorted by length (ties broken at random, so batches differ from epoch to epoch), cut into
     batches, and the batches shuffled: a function of (seed, epoch) only.
     """
-    rng = random.Random(seed * 1_000_003 + epoch)
+    rng = epoch_rng(seed, epoch)
     order = list(range(len(lengths)))
     if shuffle:
         rng.shuffle(order)
@@ -81,3 +82,34 @@ def bucket_by_tokens(lengths: list[int], max_tokens: int, seed: int, epoch: int,
     if shuffle:
         rng.shuffle(batches)
     return batches
+
+
+def epoch_rng(seed: int, epoch: int) -> random.Random:
+    """The order of an epoch's data: a function of (seed, epoch) alone, so a resumed run sees the same."""
+    return random.Random(seed * 1_000_003 + epoch)
+
+
+def batch_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The random numbers of batch `index` of `epoch` (masks, windows): rebuilt exactly when a run resumes."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + index)
+
+
+class LazyEpoch:
+    """The batches of one epoch, each built when asked for (masks drawn fresh per batch, reproducibly)."""
+
+    def __init__(self, groups: Sequence, build: Callable[[int, Any], Any]):
+        self.groups, self.build = groups, build
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, index: int):
+        return self.build(index, self.groups[index])
+
+
+def shuffled_groups(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Fixed-size batches of a shuffled range (pairs: a batch needs many rows for in-batch negatives)."""
+    order = list(range(n))
+    epoch_rng(seed, epoch).shuffle(order)
+    return [order[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+

@@ -6,6 +6,7 @@ padding, start, end and unknown.
 
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -79,8 +80,23 @@ def special_ids(tokenizer: Tokenizer) -> dict[str, int]:
             "eos_id": tokenizer.token_to_id(EOS)}
 
 
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """Text any tokenizer takes: a lone surrogate (possible in a Python string, never in UTF-8, and refused by
+    the tokenizers library) becomes U+FFFD, as an undecodable byte would."""
+    return _SURROGATES.sub("\ufffd", text)
+
+
 def encode(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
-    return [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+    """Token ids of each text, without special tokens."""
+    return [e.ids for e in tokenizer.encode_batch([clean_text(t) for t in texts], add_special_tokens=False)]
+
+
+def encode_text(tokenizer: Tokenizer, text: str) -> list[int]:
+    """Token ids of one text, without special tokens (a prompt, a chat, a sentence to show)."""
+    return tokenizer.encode(clean_text(text), add_special_tokens=False).ids
 
 
 def decode(tokenizer: Tokenizer, ids: list[list[int]]) -> list[str]:

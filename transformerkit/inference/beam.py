@@ -1,4 +1,5 @@
-"""Batched beam search with the GNMT length penalty, for any model with the decoding interface (search.py)."""
+"""Batched beam search with the GNMT length penalty, for any model with the decoding interface
+(models/interface.py)."""
 
 from __future__ import annotations
 
@@ -13,31 +14,31 @@ def length_penalty(length: int, alpha: float) -> float:
 
 
 @torch.no_grad()
-def beam_search(model: nn.Module, source: Tensor, source_mask: Tensor, beam: int, max_len: int,
-                alpha: float = 0.6, min_len: int = 0, first_tokens: Tensor | None = None) -> list[list[int]]:
-    """Keep the `beam` best partial translations of each sentence; return each sentence's best finished one.
+def beam_search(model: nn.Module, state, first_tokens: Tensor, beam: int, max_len: int | Tensor, alpha: float = 0.6,
+                min_len: int = 0) -> list[list[int]]:
+    """Keep the `beam` best partial outputs of each row; return each row's best finished one.
 
-    Every step extends each live hypothesis by every token, keeps the 2 x beam best candidates per
-    sentence, retires those that end (scored by log-probability / length penalty) and continues the best
-    `beam` that do not. A sentence is done when it has `beam` finished hypotheses; its rows then leave the
-    batch. No hypothesis ends before `min_len` tokens. Decoding starts from `first_tokens` (B,), by default
-    the start token. Ids are returned without the start and end tokens.
+    `state` comes from model.start for B rows (and holds any prompt already fed); decoding continues from
+    `first_tokens` (B,), the start token or a prompt's last token. Every step extends each live hypothesis
+    by every token, keeps the 2 x beam best candidates per row, retires those that end (scored by
+    log-probability / length penalty) and continues the best `beam` that do not. A row is done when it has
+    `beam` finished hypotheses, or when its hypotheses reach its `max_len` (one for all rows, or one per row
+    (B,), so that a row's output does not depend on the others in its batch); its rows then leave the batch.
+    No hypothesis ends before `min_len` tokens. Ids are returned without the first and end tokens.
     """
     config = model.config
-    B, K, device = source.shape[0], beam, source.device
-    state = model.start(source, source_mask, max_len)
+    B, K, device = first_tokens.shape[0], beam, first_tokens.device
+    limits = torch.as_tensor(max_len).expand(B).cpu()  # (B,) the longest output of each row
     state.reorder(torch.arange(B, device=device).repeat_interleave(K))  # (B * K) rows: K per sentence
     sentences = torch.arange(B)  # the original sentence of each live group of K rows
     scores = torch.full((B, K), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start equal: keep one so the first step does not pick K copies
     history = torch.full((B * K, 0), config.eos_id, dtype=torch.long, device=device)
-    if first_tokens is None:
-        first_tokens = torch.full((B,), config.start_id, dtype=torch.long, device=device)
     tokens = first_tokens.repeat_interleave(K)[:, None]  # (B * K, 1)
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
-    for t in range(max_len):
+    for t in range(int(limits.max())):
         n = sentences.shape[0]
-        log_probs = model.step(tokens, state)[:, -1].float().log_softmax(dim=-1)  # (n * K, V)
+        log_probs = model.step(tokens, state).float().log_softmax(dim=-1)  # (n * K, V)
         V = log_probs.shape[-1]
         if t < min_len:
             log_probs[:, config.eos_id] = float("-inf")
@@ -53,14 +54,16 @@ def beam_search(model: nn.Module, source: Tensor, source_mask: Tensor, beam: int
         rows = (torch.arange(n, device=device)[:, None] * K + top_beam.gather(1, keep)).reshape(-1)  # (n * K,)
         next_tokens = top_token.gather(1, keep).reshape(-1, 1)
         history = torch.cat([history[rows], next_tokens], dim=1)
-        if t == max_len - 1:  # out of room: the live hypotheses end here, as greedy search's output would
-            _retire(finished, sentences, history, scores, torch.arange(K, device=device).expand(n, K),
-                    torch.ones_like(scores, dtype=torch.bool), K, alpha, t + 1, with_last=True)
-            break
-        state.reorder(rows, memory=False)  # a sentence's beams share its source: no need to move memory
-        done = torch.tensor([len(finished[s]) >= K for s in sentences.tolist()])
+        full = limits[sentences] == t + 1  # (n,) out of room: live hypotheses end here, as greedy output would
+        if full.any():
+            at = full.nonzero().squeeze(1)
+            _retire(finished, sentences[at], history.view(n, K, -1)[at.to(device)].flatten(0, 1),
+                    scores[at.to(device)], torch.arange(K, device=device).expand(len(at), K),
+                    torch.ones(len(at), K, dtype=torch.bool, device=device), K, alpha, t + 1, with_last=True)
+        done = torch.tensor([len(finished[s]) >= K for s in sentences.tolist()]) | full
         if done.all():
             break
+        state.reorder(rows, memory=False)  # a sentence's beams share its source: no need to move memory
         if done.any():
             alive = (~done).nonzero().squeeze(1)
             alive_rows = (alive.to(device)[:, None] * K + torch.arange(K, device=device)).reshape(-1)

@@ -7,6 +7,7 @@ from typing import Callable
 
 from torch import nn
 
+from ..data.tokenizers import encode_text
 from ..errors import ConfigError
 from .generate import GenerationOptions, _TextStreamer, generate_ids
 
@@ -49,18 +50,19 @@ class Chat:
         """Add a user message, stream and return the assistant's reply."""
         tokenizer = self.model.tokenizer
         self.messages.append({"role": "user", "content": text})
-        prompt = tokenizer.encode(render(self.model.chat_template, self.messages), add_special_tokens=False).ids
+        prompt = encode_text(tokenizer, render(self.model.chat_template, self.messages))
         common = 0
         while common < min(len(prompt), len(self.tokens)) and prompt[common] == self.tokens[common]:
             common += 1
         if common == len(prompt):  # at least one new token must be fed to get logits
             common -= 1
-        self.state.length, self.tokens = common, self.tokens[:common]
+        self.state.rewind(common)
+        self.tokens = self.tokens[:common]
         streamer = _TextStreamer(tokenizer, 1, self.options.stop, (lambda row, piece: on_text(piece)) if on_text
                                  else None)
         reply_ids = generate_ids(self.model, [prompt[common:]], self.options, streamer.push, self.state)[0]
         streamer.flush()
-        self.tokens = prompt + reply_ids
+        self.tokens = (prompt + reply_ids)[: self.state.length]  # what the cache holds (the last pick is not fed)
         reply = tokenizer.decode(reply_ids, skip_special_tokens=True)
         self.messages.append({"role": "assistant", "content": reply})
         return reply

@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
+from ..config import check_types, require
+from ..data.tokenizers import encode_text
 from ..errors import ConfigError
-from ..nn.kv_cache import DecodeState
-from .sampling import pick_next
-from .search import drop_finished
+from .beam import beam_search
+from .search import greedy_search
 
 
 @dataclass
@@ -36,12 +37,13 @@ class GenerationOptions:
     length_penalty: float = 1.0  # beam search's GNMT alpha
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 0:
-            raise ConfigError(f"max_new_tokens: {self.max_new_tokens} is not allowed; it must be 0 or more")
-        if self.repetition_penalty <= 0:
-            raise ConfigError(f"repetition_penalty: {self.repetition_penalty} is not allowed; it must be positive")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p: {self.top_p} is not allowed; it must be in (0, 1]")
+        check_types(self)
+        for name in ("max_new_tokens", "min_new_tokens", "top_k"):
+            require(self, name, getattr(self, name) >= 0, "0 or more")
+        require(self, "temperature", self.temperature >= 0, "0 or more (0 is greedy)")
+        require(self, "repetition_penalty", self.repetition_penalty > 0, "positive")
+        require(self, "top_p", 0 < self.top_p <= 1, "in (0, 1]")
+        require(self, "beam", self.beam >= 1, "at least 1")
 
 
 def generate(model: nn.Module, prompts: str | list[str], on_text: Callable[[int, str], None] | None = None,
@@ -56,7 +58,7 @@ def generate(model: nn.Module, prompts: str | list[str], on_text: Callable[[int,
     single = isinstance(prompts, str)
     texts = [prompts] if single else list(prompts)
     opts = GenerationOptions(**options)
-    prompt_ids = [tokenizer.encode(t, add_special_tokens=False).ids for t in texts]
+    prompt_ids = [encode_text(tokenizer, t) for t in texts]
     streamer = _TextStreamer(tokenizer, len(texts), opts.stop, on_text) if on_text or opts.stop else None
     outputs = generate_ids(model, prompt_ids, opts, on_token=streamer.push if streamer else None)
     results = [tokenizer.decode(ids, skip_special_tokens=True) for ids in outputs]
@@ -68,15 +70,14 @@ def generate(model: nn.Module, prompts: str | list[str], on_text: Callable[[int,
 
 @torch.no_grad()
 def generate_ids(model: nn.Module, prompts: list[list[int]], options: GenerationOptions | None = None,
-                 on_token: Callable[[int, int], bool] | None = None,
-                 state: DecodeState | None = None) -> list[list[int]]:
+                 on_token: Callable[[int, int], bool] | None = None, state=None) -> list[list[int]]:
     """Token-level generation. `on_token(row, token)` may return True to end that row (a stop string).
 
     With a `state` that already holds earlier tokens (a conversation), the single prompt continues it.
     """
     opts = options or GenerationOptions()
     config = model.config
-    device = model.lm_head.weight.device
+    device = next(model.parameters()).device
     B = len(prompts)
     if any(len(p) == 0 for p in prompts):
         raise ConfigError("an empty prompt: give at least one token (for example the start token)")
@@ -85,7 +86,7 @@ def generate_ids(model: nn.Module, prompts: list[list[int]], options: Generation
     mask = torch.zeros(B, width, dtype=torch.bool)
     for i, p in enumerate(prompts):
         ids[i, width - len(p):], mask[i, width - len(p):] = torch.tensor(p), True  # left padding
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask = ids.to(device), (mask.to(device) if not bool(mask.all()) else None)
     limit = width + opts.max_new_tokens + (state.length if state is not None else 0)
     if config.positions in ("sinusoidal", "learned") and limit > config.max_len:
         raise ConfigError(f"max_len: prompt and new tokens ({limit}) exceed the model's context ({config.max_len})")
@@ -93,67 +94,16 @@ def generate_ids(model: nn.Module, prompts: list[list[int]], options: Generation
         state = model.start(B, limit)
     elif state.max_len < limit:
         raise ConfigError(f"the conversation ({limit} tokens) no longer fits its cache ({state.max_len})")
-    if opts.beam > 1:
-        return _beam(model, ids, mask, state, opts)
+    if opts.beam > 1:  # the prompt but its last token is read; beam search continues from that token
+        if width > 1:
+            model.step(ids[:, :-1], state, None if mask is None else mask[:, :-1])
+        return beam_search(model, state, ids[:, -1], opts.beam, opts.max_new_tokens, opts.length_penalty,
+                           opts.min_new_tokens)
     generator = torch.Generator(device=device).manual_seed(opts.seed) if opts.seed is not None else None
-    stop_tokens = torch.tensor(sorted({config.eos_id, *opts.stop_tokens}), device=device)
-    outputs: list[list[int]] = [[] for _ in range(B)]
-    rows = torch.arange(B)  # the original row of each live batch row
-    seen = ids if opts.repetition_penalty != 1.0 else None  # (b, t): tokens each row has seen
-    hidden = model.decoder(ids, mask if not bool(mask.all()) else None, state=state)[:, -1:]  # prefill
-    for t in range(opts.max_new_tokens):
-        logits = model.lm_head(hidden)[:, -1].float()  # (b, V)
-        if t < opts.min_new_tokens:
-            logits[:, stop_tokens] = float("-inf")
-        if seen is not None:
-            logits = _penalize(logits, seen, opts.repetition_penalty)
-        next_tokens = pick_next(logits, opts.temperature, opts.top_k, opts.top_p, generator)  # (b,)
-        ended = torch.isin(next_tokens, stop_tokens)
-        for i, (row, token) in enumerate(zip(rows.tolist(), next_tokens.tolist())):
-            if not ended[i]:
-                outputs[row].append(token)
-                if on_token is not None and on_token(row, token):
-                    ended[i] = True
-        if ended.any():
-            keep = drop_finished(ended, state)
-            if keep is None:
-                break
-            rows, next_tokens = rows[keep.cpu()], next_tokens[keep]
-            seen = seen[keep] if seen is not None else None
-        if seen is not None:
-            seen = torch.cat([seen, next_tokens[:, None]], dim=1)
-        hidden = model.decoder(next_tokens[:, None], state=state)
-    return outputs
-
-
-class _Prompted:
-    """A decoder-only model behind the encoder-decoder decoding interface: `start` reads the prompt (all but its
-    last token, from which decoding continues), `step` continues it. Beam search then needs no second copy."""
-
-    def __init__(self, model: nn.Module, state: DecodeState):
-        self.model, self.config, self.state = model, model.config, state
-
-    def start(self, prompt: Tensor, mask: Tensor, max_len: int) -> DecodeState:
-        if prompt.shape[1] > 1:
-            self.model.decoder(prompt[:, :-1], mask[:, :-1] if not bool(mask.all()) else None, state=self.state)
-        return self.state
-
-    def step(self, tokens: Tensor, state: DecodeState) -> Tensor:
-        return self.model.lm_head(self.model.decoder(tokens, state=state))
-
-
-def _beam(model: nn.Module, ids: Tensor, mask: Tensor, state: DecodeState, opts: GenerationOptions) -> list[list[int]]:
-    """Beam search from each prompt (which ends at the model's end-of-sequence token)."""
-    from .beam import beam_search
-
-    return beam_search(_Prompted(model, state), ids, mask, opts.beam, opts.max_new_tokens, opts.length_penalty,
-                       opts.min_new_tokens, first_tokens=ids[:, -1])
-
-
-def _penalize(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
-    """Make every token a row has seen less likely: positive logits divided by the penalty, negative multiplied."""
-    picked = logits.gather(1, seen)
-    return logits.scatter(1, seen, torch.where(picked > 0, picked / penalty, picked * penalty))
+    return greedy_search(model, state, ids, opts.max_new_tokens, mask=mask,
+                         stop_tokens=[config.eos_id, *opts.stop_tokens], min_new=opts.min_new_tokens,
+                         temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p,
+                         repetition_penalty=opts.repetition_penalty, generator=generator, on_token=on_token)
 
 
 def _cut_at_stop(text: str, stops: list[str]) -> str:

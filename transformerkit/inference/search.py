@@ -1,11 +1,13 @@
-"""Greedy and sampled decoding for any sequence-to-sequence model.
+"""Greedy and sampled decoding for any model with the decoding interface (models/interface.py).
 
-The decoding interface: `model.start(source_ids, source_mask, max_len)` encodes once and returns a state;
-`model.step(target_ids, state)` feeds new target tokens and returns their logits (B, T, V);
-`state.reorder(index)` keeps rows `index`. The Transformer and the recurrent models both provide it.
+One loop serves translation (start token in, until the end token) and text generation (a prompt in, with
+penalties, stop tokens and streaming): each step picks one token per row, and rows that have ended leave
+the batch, so the remaining steps cost less.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -13,49 +15,62 @@ from torch import Tensor, nn
 from .sampling import pick_next
 
 
-def max_target_length(source_mask: Tensor, a: float, b: int) -> int:
-    """The longest output allowed for this batch: a * (longest source) + b."""
-    return int(a * int(source_mask.sum(dim=1).max()) + b)
+def max_target_length(source_mask: Tensor, a: float, b: int, limit: int) -> Tensor:
+    """The longest output allowed for each source (B,): a * its length + b, at most `limit`. Per row, not per
+    batch, so a sentence translates the same whatever it is batched with."""
+    return (a * source_mask.sum(dim=1).cpu() + b).long().clamp(1, limit)
 
 
 @torch.no_grad()
-def greedy_search(model: nn.Module, source: Tensor, source_mask: Tensor, max_len: int, temperature: float = 0.0,
-                  top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
-                  min_len: int = 0) -> list[list[int]]:
-    """Pick one token per step (argmax, or a sample when temperature > 0) until every row has ended.
+def greedy_search(model: nn.Module, state, tokens: Tensor, max_new: int | Tensor, *, mask: Tensor | None = None,
+                  stop_tokens: list[int] | None = None, min_new: int = 0, temperature: float = 0.0, top_k: int = 0,
+                  top_p: float = 1.0, repetition_penalty: float = 1.0, generator: torch.Generator | None = None,
+                  on_token: Callable[[int, int], bool] | None = None) -> list[list[int]]:
+    """Feed `tokens` (B, T) (a prompt, mask (B, T) marking its left padding; or the start token), then pick one
+    token per step (argmax, or a sample when temperature > 0) for up to `max_new` steps (one number for all
+    rows, or one per row (B,)).
 
-    Rows that have produced the end token leave the batch, so the remaining steps cost less. The end token
-    cannot come before `min_len` tokens. Returns each row's ids, without the start and end tokens.
+    A row ends at one of `stop_tokens` (default: the model's end token), which is not returned and cannot
+    come before `min_new` tokens; `on_token(row, token)` may return True to end a row too (a stop string).
+    repetition_penalty above 1 makes every token a row has read or written less likely (Keskar et al., 2019).
+    Returns each row's new ids.
     """
-    config = model.config
-    B = source.shape[0]
-    state = model.start(source, source_mask, max_len)
+    B, device = tokens.shape[0], tokens.device
+    limits = torch.as_tensor(max_new).expand(B).cpu()  # (B,)
+    stops = torch.tensor(sorted(set(stop_tokens or [model.config.eos_id])), device=device)
     outputs: list[list[int]] = [[] for _ in range(B)]
-    rows = torch.arange(B)  # which original row each batch row is
-    tokens = torch.full((B, 1), config.start_id, dtype=torch.long, device=source.device)
-    for t in range(max_len):
-        logits = model.step(tokens, state)[:, -1]  # (b, V)
-        if t < min_len:
-            logits[:, config.eos_id] = float("-inf")
+    rows = torch.arange(B)  # the original row of each live batch row
+    seen = tokens if repetition_penalty != 1.0 else None  # (b, t): tokens each row has seen
+    logits = model.step(tokens, state, mask)  # (b, V)
+    for t in range(int(limits.max())):
+        logits = logits.float()
+        if t < min_new:
+            logits[:, stops] = float("-inf")
+        if seen is not None:
+            logits = penalize(logits, seen, repetition_penalty)
         next_tokens = pick_next(logits, temperature, top_k, top_p, generator)  # (b,)
-        ended = next_tokens == config.eos_id
-        for row, token, end in zip(rows.tolist(), next_tokens.tolist(), ended.tolist()):
-            if not end:
+        ended = torch.isin(next_tokens, stops).cpu()
+        for i, (row, token) in enumerate(zip(rows.tolist(), next_tokens.tolist())):
+            if not ended[i]:
                 outputs[row].append(token)
+                if on_token is not None and on_token(row, token):
+                    ended[i] = True
+        ended |= limits[rows] == t + 1  # out of room
         if ended.any():
-            keep = drop_finished(ended, state)
-            if keep is None:
+            keep = (~ended).nonzero().squeeze(1)
+            if keep.numel() == 0:
                 break
-            rows, next_tokens = rows[keep.cpu()], next_tokens[keep]
-        tokens = next_tokens[:, None]
+            rows, keep = rows[keep], keep.to(device)
+            state.reorder(keep)
+            next_tokens = next_tokens[keep]
+            seen = seen[keep] if seen is not None else None
+        if seen is not None:
+            seen = torch.cat([seen, next_tokens[:, None]], dim=1)
+        logits = model.step(next_tokens[:, None], state)
     return outputs
 
 
-def drop_finished(ended: Tensor, state) -> Tensor | None:
-    """Shrink the batch to its unfinished rows: the decoding state is reordered in place; returns the rows kept
-    (b',), or None when every row has finished."""
-    keep = (~ended).nonzero().squeeze(1)
-    if keep.numel() == 0:
-        return None
-    state.reorder(keep)
-    return keep
+def penalize(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
+    """Make every token a row has seen less likely: positive logits divided by the penalty, negative multiplied."""
+    picked = logits.gather(1, seen)
+    return logits.scatter(1, seen, torch.where(picked > 0, picked / penalty, picked * penalty))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import ClassVar, Iterable, Iterator
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
+from ..config import Config, require
 from ..data.batching import bucket_by_tokens, pad
 from ..data.tokenizers import decode, encode
 from ..errors import ConfigError
@@ -15,9 +17,11 @@ from .beam import beam_search
 from .search import greedy_search, max_target_length
 
 
-@dataclass
-class DecodeOptions:
+@dataclass(frozen=True)
+class DecodeOptions(Config):
     """How to decode; a recipe's [decoding] table sets the model's defaults."""
+
+    KIND: ClassVar[str] = "key"
 
     beam: int = 5  # 1 is greedy
     length_penalty: float = 0.6  # GNMT alpha
@@ -26,9 +30,12 @@ class DecodeOptions:
     batch_tokens: int = 6000  # source tokens per decoding batch
     temperature: float = 0.0  # greedy only: sample when above 0
 
-    def __post_init__(self) -> None:
-        if self.beam < 1:
-            raise ConfigError(f"beam: {self.beam} is not allowed; it must be at least 1")
+    def validate(self) -> None:
+        require(self, "beam", self.beam >= 1, "at least 1")
+        require(self, "max_len_a", self.max_len_a >= 0, "0 or more")
+        require(self, "max_len_b", self.max_len_b >= 1, "at least 1")
+        require(self, "batch_tokens", self.batch_tokens >= 1, "at least 1")
+        require(self, "temperature", self.temperature >= 0, "0 or more")
 
 
 def translate(model: nn.Module, sentences: list[str], beam: int | None = None, **options) -> list[str]:
@@ -54,6 +61,21 @@ def translate_stream(model: nn.Module, lines: Iterable[str], chunk: int = 256, b
         yield from _translate_chunk(model, buffer, opts)
 
 
+@torch.no_grad()
+def decode_sources(model: nn.Module, source: Tensor, source_mask: Tensor | None, max_len: int | Tensor,
+                   beam: int = 1, alpha: float = 0.6, min_len: int = 0, temperature: float = 0.0,
+                   generator: torch.Generator | None = None) -> list[list[int]]:
+    """Token ids in, token ids out: encode a padded source batch (B, S) once, then beam search (beam > 1) or
+    greedy search from the start token, up to max_len tokens (for all rows, or per row (B,)); each row's ids
+    without start and end tokens."""
+    state = model.start(source.shape[0], int(torch.as_tensor(max_len).max()), source, source_mask)
+    start = torch.full((source.shape[0],), model.config.start_id, dtype=torch.long, device=source.device)
+    if beam > 1:
+        return beam_search(model, state, start, beam, max_len, alpha, min_len)
+    return greedy_search(model, state, start[:, None], max_len, min_new=min_len, temperature=temperature,
+                         generator=generator)
+
+
 def _translate_chunk(model: nn.Module, sentences: list[str], opts: DecodeOptions) -> list[str]:
     config = model.config
     device = next(model.parameters()).device
@@ -64,17 +86,14 @@ def _translate_chunk(model: nn.Module, sentences: list[str], opts: DecodeOptions
         print(f"warning: inputs longer than {limit} tokens were truncated", file=sys.stderr)
         ids = [s[:limit] for s in ids]
     outputs: list[list[int]] = [[] for _ in sentences]
-    todo = [i for i, s in enumerate(ids) if s]  # an empty line translates to an empty line
+    todo = [i for i, s in enumerate(ids) if s and sentences[i].strip()]  # a blank line translates to a blank line
     for batch in bucket_by_tokens([len(ids[i]) + 1 for i in todo], opts.batch_tokens, seed=0, epoch=0, shuffle=False):
         rows = [todo[j] for j in batch]
         source, source_mask = pad([ids[i] + [config.eos_id] for i in rows], config.pad_id)
         source, source_mask = source.to(device), source_mask.to(device)
-        max_len = max_target_length(source_mask, opts.max_len_a, opts.max_len_b)
-        max_len = min(max_len, config.max_len)
-        if opts.beam > 1:
-            results = beam_search(model, source, source_mask, opts.beam, max_len, opts.length_penalty)
-        else:
-            results = greedy_search(model, source, source_mask, max_len, temperature=opts.temperature)
+        limits = max_target_length(source_mask, opts.max_len_a, opts.max_len_b, config.max_len)
+        results = decode_sources(model, source, source_mask, limits, opts.beam, opts.length_penalty,
+                                 temperature=opts.temperature)
         for i, result in zip(rows, results):
             outputs[i] = result
     return decode(model.target_tokenizer, outputs)

@@ -1,1 +1,1 @@
-"""Reading and writing other tools' checkpoints: Hugging Face folders and GGUF files."""
+"""Reading and writing other tools' checkpoints: Hugging Face and sentence-transformers folders, GGUF files."""

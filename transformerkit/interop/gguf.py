@@ -82,6 +82,18 @@ def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], Any, st
     return config, weights, _tokenizer(meta, path), meta.get("tokenizer.chat_template")
 
 
+def gguf_tokenizer(path: str | Path) -> tuple[Any, str | None]:
+    """Only the tokenizer and the chat template of a GGUF file (no tensors are read)."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except (ValueError, OSError) as error:
+        raise CheckpointError(f"{path}: not a readable GGUF file ({error})") from None
+    meta = {name: _value(field) for name, field in reader.fields.items()}
+    return _tokenizer(meta, path), meta.get("tokenizer.chat_template")
+
+
 def _value(field) -> Any:
     try:
         return field.contents()

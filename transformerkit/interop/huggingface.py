@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -423,21 +424,41 @@ TO_HF: dict[str, Callable[[dict[str, Tensor], ModelConfig], dict[str, Tensor]]] 
 
 def read_hf_weights(folder: Path) -> dict[str, Tensor]:
     """model.safetensors (possibly sharded) or pytorch_model.bin."""
-    from safetensors.torch import load_file
+    from ..training.checkpoint import read_weights
 
     files = sorted(folder.glob("model*.safetensors"))
     if files:
         weights: dict[str, Tensor] = {}
         for file in files:
-            weights.update(load_file(file))
+            weights.update(read_weights(file))
         return weights
     bins = sorted(folder.glob("pytorch_model*.bin"))
     if bins:
         weights = {}
         for file in bins:
-            weights.update(torch.load(file, map_location="cpu", weights_only=True))
+            try:
+                weights.update(torch.load(file, map_location="cpu", weights_only=True))
+            except Exception as error:  # truncated or foreign: pickle and zip raise many kinds
+                raise CheckpointError(f"{file}: unreadable ({str(error)[:200]})") from None
         return weights
     raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin")
+
+
+SPECIAL_TOKEN_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")
+
+
+def _without_impossible_token_ids(hf: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Special-token ids outside the vocabulary (GPT2Config's default 50256 in a tiny test model) name no token:
+    treat them as absent, as transformers does, and say so."""
+    vocab = hf.get("vocab_size")
+    out = dict(hf)
+    for key in SPECIAL_TOKEN_KEYS:
+        value = hf.get(key)
+        if isinstance(vocab, int) and isinstance(value, int) and not 0 <= value < vocab:
+            print(f"warning: {folder / 'config.json'}: {key} {value} is outside the vocabulary ({vocab}); "
+                  "treated as absent", file=sys.stderr)
+            out.pop(key)
+    return out
 
 
 def read_hf_config(folder: Path) -> dict[str, Any]:
@@ -449,7 +470,7 @@ def read_hf_config(folder: Path) -> dict[str, Any]:
 
 def load_hf(folder: Path) -> tuple[ModelConfig, dict[str, Tensor]]:
     """A Hugging Face model folder -> our config and our state dict (float tensors as stored)."""
-    hf = read_hf_config(folder)
+    hf = _without_impossible_token_ids(read_hf_config(folder), folder)
     kind = hf.get("model_type")
     if kind not in SUPPORTED:
         raise CheckpointError(f"{folder}: model_type {kind!r} is not supported; transformerkit reads "

@@ -37,19 +37,29 @@ class DecoderOnly(nn.Module):
         if self.config.tie_embeddings:
             self.lm_head.weight = self.decoder.embed.tokens.weight
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                state: DecodeState | None = None) -> Tensor:
-        """input_ids (B, T), attention_mask (B, T) true at real tokens -> logits (B, T, V).
+    def hidden_states(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """The last hidden states (B, T, C), before the output layer (training fuses the two, see losses.py)."""
+        return self.decoder(input_ids, real_tokens(attention_mask))
 
-        With a state (from `start`), the T tokens continue what the state holds and are added to its cache.
-        """
-        return self.lm_head(self.decoder(input_ids, real_tokens(attention_mask), state=state))
+    def output_layer(self) -> nn.Linear:
+        """The layer that turns hidden states into logits over the vocabulary."""
+        return self.lm_head
 
-    def start(self, batch_size: int, max_len: int) -> DecodeState:
-        """An empty KV cache for `batch_size` sequences of up to `max_len` tokens."""
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """input_ids (B, T), attention_mask (B, T) true at real tokens -> logits (B, T, V)."""
+        return self.lm_head(self.hidden_states(input_ids, attention_mask))
+
+    # the decoding interface (models/interface.py)
+
+    def start(self, batch_size: int, max_len: int, source: Tensor | None = None,
+              source_mask: Tensor | None = None) -> DecodeState:
+        """An empty KV cache for `batch_size` sequences of up to `max_len` tokens (a decoder reads no source)."""
+        if source is not None:
+            raise ConfigError("a decoder-only model reads no source: feed the prompt with step()")
         weight = self.lm_head.weight
         return self.decoder.start(batch_size, max_len, weight.dtype, weight.device)
 
-    def step(self, input_ids: Tensor, state: DecodeState, attention_mask: Tensor | None = None) -> Tensor:
-        """Feed the next tokens (B, T) -> logits (B, T, V); the state advances by T."""
-        return self(input_ids, attention_mask, state)
+    def step(self, ids: Tensor, state: DecodeState, mask: Tensor | None = None) -> Tensor:
+        """Feed the next tokens (B, T) -> logits (B, V) for the token after the last; the state advances by T."""
+        hidden = self.decoder(ids, real_tokens(mask), state=state)
+        return self.lm_head(hidden[:, -1])

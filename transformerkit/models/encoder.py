@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..data.batching import pad
+from ..data.tokenizers import clean_text
 from ..errors import ConfigError
 from ..nn import TokenEmbedding, TransformerStack
 from ..nn.dropout import Dropout
@@ -31,8 +32,12 @@ class MLMHead(nn.Module):
         self.norm = make_norm(config)
         self.output = nn.Linear(config.d_model, config.vocab_size, bias=config.output_bias)
 
+    def transform(self, hidden: Tensor) -> Tensor:
+        """(..., C) -> (..., C): what the output layer reads."""
+        return self.norm(self.act(self.dense(hidden)))
+
     def forward(self, hidden: Tensor) -> Tensor:
-        return self.output(self.norm(self.act(self.dense(hidden))))  # (B, T, C) -> (B, T, V)
+        return self.output(self.transform(hidden))  # (..., C) -> (..., V)
 
 
 class EncoderOnly(nn.Module):
@@ -58,15 +63,33 @@ class EncoderOnly(nn.Module):
         if self.mlm_head is not None and self.config.tie_embeddings:
             self.mlm_head.output.weight = self.encoder.embed.tokens.weight
 
-    def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-               token_type_ids: Tensor | None = None) -> Tensor:
+    def hidden_states(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                      token_type_ids: Tensor | None = None) -> Tensor:
         """input_ids (B, T), attention_mask (B, T) true at real tokens -> hidden states (B, T, C)."""
         return self.encoder(input_ids, real_tokens(attention_mask), token_type_ids)
 
+    def mlm_features(self, hidden: Tensor) -> Tensor:
+        """Hidden states (..., C) -> what the MLM output layer reads (..., C): dense, activation, norm."""
+        return self._mlm_head().transform(hidden)
+
+    def mlm_logits(self, hidden: Tensor) -> Tensor:
+        """Hidden states (..., C) -> masked-token logits (..., V); run it on the masked positions only."""
+        return self._mlm_head()(hidden)
+
+    def output_layer(self) -> nn.Linear:
+        """The MLM head's output layer over the vocabulary (training fuses it with the loss)."""
+        return self._mlm_head().output
+
+    def _mlm_head(self) -> MLMHead:
+        if self.mlm_head is None:
+            raise ConfigError("mlm_head: this encoder has no MLM head (a sentence encoder or a classifier)")
+        return self.mlm_head
+
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None) -> Tensor:
-        """Masked-token logits (B, T, V); a model without an MLM head (a sentence encoder) returns its hidden states."""
-        hidden = self.encode(input_ids, attention_mask, token_type_ids)
+        """Masked-token logits (B, T, V); a model without an MLM head (a sentence encoder) returns its hidden states.
+        The methods above say which one they return; this is the Hugging Face-style entry point."""
+        hidden = self.hidden_states(input_ids, attention_mask, token_type_ids)
         return self.mlm_head(hidden) if self.mlm_head is not None else hidden
 
     def pool(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
@@ -82,7 +105,7 @@ class EncoderOnly(nn.Module):
     def sentence_vectors(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                          token_type_ids: Tensor | None = None) -> Tensor:
         """(B, T) -> pooled (B, C), L2-normalised when config.normalize_embeddings."""
-        vectors = self.pool(self.encode(input_ids, attention_mask, token_type_ids), attention_mask)
+        vectors = self.pool(self.hidden_states(input_ids, attention_mask, token_type_ids), attention_mask)
         return F.normalize(vectors, dim=-1) if self.config.normalize_embeddings else vectors
 
     @torch.inference_mode()
@@ -94,7 +117,7 @@ class EncoderOnly(nn.Module):
         if self.tokenizer is None:
             raise ConfigError("this model has no tokenizer: call sentence_vectors with token ids")
         device = next(self.parameters()).device
-        rows = [e.ids for e in self.tokenizer.encode_batch(list(sentences))]
+        rows = [e.ids for e in self.tokenizer.encode_batch([clean_text(s) for s in sentences])]
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         out = torch.empty(len(rows), self.config.d_model)
         for start in range(0, len(order), batch_size):
@@ -109,6 +132,6 @@ class EncoderOnly(nn.Module):
         model has one, else from the pooled vector."""
         if self.classifier is None:
             raise ConfigError("n_classes: this model has no classification head (n_classes is 0)")
-        hidden = self.encode(input_ids, attention_mask, token_type_ids)
+        hidden = self.hidden_states(input_ids, attention_mask, token_type_ids)
         pooled = torch.tanh(self.pooler(hidden[:, 0])) if self.pooler is not None else self.pool(hidden, attention_mask)
         return self.classifier(self.dropout(pooled))

@@ -52,17 +52,26 @@ class EncoderDecoder(nn.Module):
         memory = self.encoder(source_ids, source_mask)
         return self.decoder(target_ids, real_tokens(target_mask), memory=memory, memory_mask=source_mask)
 
+    def output_layer(self) -> nn.Linear:
+        """The layer that turns hidden states into logits over the target vocabulary."""
+        return self.lm_head
+
     def forward(self, source_ids: Tensor, target_ids: Tensor, source_mask: Tensor | None = None,
                 target_mask: Tensor | None = None) -> Tensor:
         """Teacher forcing: target_ids (B, T) start with the start token -> logits (B, T, V) for the next tokens."""
         return self.lm_head(self.hidden_states(source_ids, target_ids, source_mask, target_mask))
 
-    def start(self, source_ids: Tensor, source_mask: Tensor | None, max_len: int) -> DecodeState:
-        """Encode once and prepare to decode up to `max_len` target tokens: the decoding interface."""
-        source_mask = real_tokens(source_mask)
-        memory = self.encoder(source_ids, source_mask)
-        return self.decoder.start(source_ids.shape[0], max_len, memory.dtype, memory.device, memory, source_mask)
+    # the decoding interface (models/interface.py)
 
-    def step(self, target_ids: Tensor, state: DecodeState) -> Tensor:
-        """Feed the next target tokens (B, T) -> logits (B, T, V); the state advances by T."""
-        return self.lm_head(self.decoder(target_ids, state=state))
+    def start(self, batch_size: int, max_len: int, source: Tensor | None = None,
+              source_mask: Tensor | None = None) -> DecodeState:
+        """Encode the source (B, S) once and prepare to decode up to `max_len` target tokens."""
+        if source is None or source.shape[0] != batch_size:
+            raise ConfigError(f"an encoder-decoder needs a source of {batch_size} rows to start decoding")
+        source_mask = real_tokens(source_mask)
+        memory = self.encoder(source, source_mask)
+        return self.decoder.start(batch_size, max_len, memory.dtype, memory.device, memory, source_mask)
+
+    def step(self, ids: Tensor, state: DecodeState, mask: Tensor | None = None) -> Tensor:
+        """Feed the next target tokens (B, T) -> logits (B, V) for the token after the last; the state advances."""
+        return self.lm_head(self.decoder(ids, real_tokens(mask), state=state)[:, -1])

@@ -7,85 +7,22 @@
 - With attention (Bahdanau et al., 2015): a bidirectional encoder keeps one state per source token, and at
   every step the decoder scores them all (additive attention), reading their weighted sum.
 
-They speak the Transformer's decoding interface (`start`, `step`, `state.reorder`) and its training contract
-(`hidden_states` + `lm_head`), so the same trainer, greedy and beam search, and evaluation serve both.
+They speak the Transformer's decoding interface (models/interface.py) and its training contract
+(`hidden_states` + `output_layer`), so the same trainer, greedy and beam search, and evaluation serve both.
 Notation: B batch, S source length, T target length, E embedding, H hidden, L layers.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass
-from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from ..config import RNNConfig
 from ..errors import ConfigError
 from ..nn.dropout import Dropout
-
-
-@dataclass(frozen=True)
-class RNNConfig:
-    """Hyper-parameters of a recurrent encoder-decoder; validated on construction."""
-
-    # the recurrent unit: LSTM (hidden and cell state) or GRU (hidden state only, fewer gates)
-    cell: Literal["lstm", "gru"] = "lstm"
-    # additive attention over a bidirectional encoder (Bahdanau); without it, the final state is all there is
-    attention: bool = False
-    vocab_size: int = 8000
-    # a separate target vocabulary; None: the same as the source
-    target_vocab_size: int | None = None
-    embedding_dim: int = 256
-    hidden_size: int = 512
-    n_layers: int = 2
-    # dropout on embeddings, between layers and before the output layer
-    dropout: float = 0.5
-    # training: the chance of feeding the true previous token rather than the model's own prediction
-    teacher_forcing: float = 1.0
-    # source and target share one embedding table (one joint vocabulary)
-    share_embeddings: bool = False
-    # longest output a decoder produces (decoding also stops at a * source length + b)
-    max_len: int = 256
-    pad_id: int = 0
-    bos_id: int = 1
-    eos_id: int = 2
-
-    def __post_init__(self) -> None:
-        allowed = typing.get_args(typing.get_type_hints(type(self))["cell"])
-        if self.cell not in allowed:
-            raise ConfigError(f"cell: {self.cell!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
-        for name in ("vocab_size", "embedding_dim", "hidden_size", "n_layers", "max_len"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: {getattr(self, name)!r} is not allowed; it must be a positive integer")
-        for name in ("dropout", "teacher_forcing"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"{name}: {getattr(self, name)!r} is not allowed; it must be in [0, 1]")
-        if self.share_embeddings and self.target_vocab_size not in (None, self.vocab_size):
-            raise ConfigError("share_embeddings: True is not allowed when the target vocabulary differs")
-
-    @property
-    def output_vocab_size(self) -> int:
-        return self.target_vocab_size or self.vocab_size
-
-    @property
-    def start_id(self) -> int:
-        return self.bos_id
-
-    def replace(self, **changes: Any) -> RNNConfig:
-        return RNNConfig.from_dict({**self.to_dict(), **changes})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> RNNConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown RNN field {unknown[0]!r}; known fields: {', '.join(sorted(known))}")
-        return cls(**values)
 
 
 class AdditiveAttention(nn.Module):
@@ -152,7 +89,7 @@ class RNNSeq2Seq(nn.Module):
 
     # ------------------------------------------------------------------------------------------ encoding
 
-    def start(self, source_ids: Tensor, source_mask: Tensor | None, max_len: int | None = None) -> RNNState:
+    def encode(self, source_ids: Tensor, source_mask: Tensor | None) -> RNNState:
         """Encode once: the decoder's initial state, and what it will read at every step."""
         c = self.config
         mask = source_mask if source_mask is not None else torch.ones_like(source_ids, dtype=torch.bool)
@@ -223,17 +160,37 @@ class RNNSeq2Seq(nn.Module):
                       target_mask: Tensor | None = None) -> Tensor:
         """Training: features (B, T, F) for the output layer. With teacher_forcing < 1, some steps read the
         model's own previous prediction instead of the true token (one draw per step for the whole batch)."""
-        state = self.start(source_ids, source_mask)
+        state = self.encode(source_ids, source_mask)
         teacher = None
         if self.training and self.config.teacher_forcing < 1.0:
             teacher = torch.rand(target_ids.shape[1]) < self.config.teacher_forcing
         return self._decode(target_ids, state, teacher)
+
+    def output_layer(self) -> nn.Linear:
+        return self.lm_head
 
     def forward(self, source_ids: Tensor, target_ids: Tensor, source_mask: Tensor | None = None,
                 target_mask: Tensor | None = None) -> Tensor:
         """Teacher-forced logits (B, T, V)."""
         return self.lm_head(self.hidden_states(source_ids, target_ids, source_mask, target_mask))
 
-    def step(self, target_ids: Tensor, state: RNNState) -> Tensor:
-        """Feed the next target tokens (B, T) -> logits (B, T, V); the state advances."""
-        return self.lm_head(self._decode(target_ids, state))
+    @torch.no_grad()
+    def attention_weights(self, source_ids: Tensor, target_ids: Tensor, source_mask: Tensor | None = None) -> Tensor:
+        """Where each target step looks in the source: the additive attention's weights (B, T, S), teacher forced."""
+        if self.attention is None:
+            raise ConfigError("attention: this recurrent model has no attention to show")
+        state = self.encode(source_ids, source_mask)
+        state.record = True
+        self._decode(target_ids, state)
+        return torch.stack(state.attention_weights, dim=1)
+
+    def start(self, batch_size: int, max_len: int, source: Tensor | None = None,
+              source_mask: Tensor | None = None) -> RNNState:
+        """The decoding interface (models/interface.py): encode the source (B, S) once."""
+        if source is None or source.shape[0] != batch_size:
+            raise ConfigError(f"a recurrent encoder-decoder needs a source of {batch_size} rows to start decoding")
+        return self.encode(source, source_mask)
+
+    def step(self, ids: Tensor, state: RNNState, mask: Tensor | None = None) -> Tensor:
+        """Feed the next target tokens (B, T) -> logits (B, V) for the token after the last; the state advances."""
+        return self.lm_head(self._decode(ids, state)[:, -1])

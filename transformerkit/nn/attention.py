@@ -90,16 +90,9 @@ class MultiHeadAttention(nn.Module):
         """Encoder output (B, S, C) -> cross-attention keys and values, each (B, Hkv, S, D)."""
         return self._heads(self.k_proj(memory), self.n_kv_heads), self._heads(self.v_proj(memory), self.n_kv_heads)
 
-    def forward(
-        self,
-        x: Tensor,
-        mask: Tensor | None = None,
-        is_causal: bool = False,
-        rope: tuple[Tensor, Tensor] | None = None,
-        cache: KVCache | None = None,
-        position: int = 0,
-        memory_kv: tuple[Tensor, Tensor] | None = None,
-    ) -> Tensor:
+    def forward(self, x: Tensor, *, mask: Tensor | None = None, is_causal: bool = False,
+                rope: tuple[Tensor, Tensor] | None = None, cache: KVCache | None = None, position: int = 0,
+                memory_kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """x (B, T, C) -> (B, T, C). With a cache, the T new positions start at `position`."""
         B, T, _ = x.shape
         q = self._heads(self.q_proj(x), self.n_heads)  # (B, H, T, D)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -17,6 +18,18 @@ from .kv_cache import DecodeState, KVCache
 from .masks import attention_mask
 from .norm import make_norm
 from .rope import RotaryEmbedding
+
+
+@dataclass
+class Context:
+    """What every block of one forward pass shares, built once by the stack."""
+
+    mask: Tensor | None = None  # self-attention mask, broadcastable to (B, H, T, Tk); True = may attend
+    is_causal: bool = False  # let the attention kernel apply causality itself (no mask tensor)
+    rope: tuple[Tensor, Tensor] | None = None  # rotary cos and sin for the new positions
+    position: int = 0  # with a KV cache: where the new positions start
+    memory: Tensor | None = None  # (B, S, C) the encoder output, on a full pass
+    memory_mask: Tensor | None = None  # (B, 1, 1, S) True at real source tokens
 
 
 class TransformerBlock(nn.Module):
@@ -44,27 +57,18 @@ class TransformerBlock(nn.Module):
             return x + self.dropout(sublayer(norm(x)))
         return norm(x + self.dropout(sublayer(x)))
 
-    def forward(
-        self,
-        x: Tensor,
-        mask: Tensor | None = None,
-        is_causal: bool = False,
-        rope: tuple[Tensor, Tensor] | None = None,
-        memory_kv: tuple[Tensor, Tensor] | None = None,
-        memory_mask: Tensor | None = None,
-        cache: KVCache | None = None,
-        position: int = 0,
-        memory: Tensor | None = None,
-    ) -> Tensor:
-        """x (B, T, C) -> (B, T, C); cross-attention reads memory (B, S, C), the encoder output, or memory_kv,
-        that output already projected by cross_attn.project_memory (once per source when decoding)."""
-        x = self._residual(x, self.self_attn_norm,
-                           lambda h: self.self_attn(h, mask, is_causal, rope, cache, position))
+    def forward(self, x: Tensor, context: Context | None = None, cache: KVCache | None = None,
+                memory_kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """x (B, T, C) -> (B, T, C). Cross-attention reads the context's memory (B, S, C), projected here, or
+        `memory_kv`, that memory already projected by cross_attn.project_memory (once per source when decoding)."""
+        c = context or Context()
+        x = self._residual(x, self.self_attn_norm, lambda h: self.self_attn(
+            h, mask=c.mask, is_causal=c.is_causal, rope=c.rope, cache=cache, position=c.position))
         if self.cross_attn is not None:
             if memory_kv is None:
-                memory_kv = self.cross_attn.project_memory(memory)
+                memory_kv = self.cross_attn.project_memory(c.memory)
             x = self._residual(x, self.cross_attn_norm,
-                               lambda h: self.cross_attn(h, memory_mask, memory_kv=memory_kv))
+                               lambda h: self.cross_attn(h, mask=c.memory_mask, memory_kv=memory_kv))
         return self._residual(x, self.ffn_norm, self.ffn)
 
 
@@ -95,25 +99,22 @@ class TransformerStack(nn.Module):
         """ids (B, T); mask (B, T) True at real tokens; memory (B, S, C) and memory_mask (B, S) for
         cross-attention -> hidden states (B, T, C)."""
         B, T = ids.shape
-        position = 0 if state is None else state.length
-        if position + T > self.config.max_len and self.config.positions in ("sinusoidal", "learned"):
-            raise ConfigError(f"max_len: a sequence of {position + T} tokens is longer than this model's "
+        end = T if state is None else state.length + T
+        if end > self.config.max_len and self.config.positions in ("sinusoidal", "learned"):
+            raise ConfigError(f"max_len: a sequence of {end} tokens is longer than this model's "
                               f"max_len ({self.config.max_len})")
         if state is None:
-            positions, key_mask = torch.arange(T, device=ids.device)[None], mask  # (1, T)
-            memory_kv = None  # each block projects the memory itself
+            position, positions, key_mask = 0, torch.arange(T, device=ids.device)[None], mask  # (1, T)
         else:
-            positions, key_mask = _advance(state, mask, T, ids.device)
-            memory_kv, memory_mask = state.memory_kv, state.memory_mask
-        self_mask, is_causal = attention_mask(key_mask, T, position + T, self.causal, ids.device)
-        cross_mask = None if memory_mask is None else memory_mask[:, None, None, :]  # (B, 1, 1, S)
+            position, positions, key_mask = state.advance(T, mask, ids.device)
+            memory_mask = state.memory_mask
+        self_mask, is_causal = attention_mask(key_mask, T, end, self.causal, ids.device)
         x = self.embed(ids, positions, token_types)
-        rope = self.rope(positions, x.dtype) if self.rope is not None else None
+        context = Context(self_mask, is_causal, self.rope(positions, x.dtype) if self.rope is not None else None,
+                          position, memory, None if memory_mask is None else memory_mask[:, None, None, :])
         for i, layer in enumerate(self.layers):
-            x = layer(x, self_mask, is_causal, rope, memory_kv[i] if memory_kv else None, cross_mask,
-                      state.caches[i] if state else None, position, memory)
-        if state is not None:
-            state.length += T
+            x = layer(x, context, state.caches[i] if state else None,
+                      state.memory_kv[i] if state and state.memory_kv else None)
         return self.norm(x) if self.norm is not None else x
 
     def start(self, batch_size: int, max_len: int, dtype: torch.dtype, device: torch.device,
@@ -123,25 +124,3 @@ class TransformerStack(nn.Module):
         caches = [KVCache(batch_size, c.kv_heads, max_len, c.d_head, dtype, device) for _ in self.layers]
         memory_kv = [layer.cross_attn.project_memory(memory) for layer in self.layers] if memory is not None else None
         return DecodeState(caches, memory_kv, memory_mask)
-
-
-def _advance(state: DecodeState, mask: Tensor | None, T: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
-    """Positions (B or 1, T) of T new tokens and the key mask (B, length + T) over all tokens so far.
-
-    Without padding, positions simply continue. With padding, each token's position is the number of real
-    tokens before it in its row, so a left-padded prompt is numbered as if it were alone.
-    """
-    start, end = state.length, state.length + T
-    if end > state.max_len:
-        raise ConfigError(f"max_len: decoding past the {state.max_len} positions this decoding state holds")
-    if mask is None and state.key_mask is None:
-        return torch.arange(start, end, device=device)[None], None
-    if state.key_mask is None:
-        state.key_mask = torch.zeros(state.batch_size, state.max_len, dtype=torch.bool, device=device)
-        state.key_mask[:, :start] = True
-        state.n_real = torch.full((state.batch_size,), start, dtype=torch.long, device=device)
-    new = mask if mask is not None else torch.ones(state.batch_size, T, dtype=torch.bool, device=device)
-    state.key_mask[:, start:end] = new
-    positions = (state.n_real[:, None] + new.long().cumsum(dim=-1) - 1).clamp(min=0)  # (B, T)
-    state.n_real = state.n_real + new.sum(dim=-1)
-    return positions, state.key_mask[:, :end]

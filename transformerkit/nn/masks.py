@@ -11,11 +11,6 @@ import torch
 from torch import Tensor
 
 
-def padding_mask(ids: Tensor, pad_id: int) -> Tensor:
-    """(B, T) ids -> (B, T) bool, True at real tokens."""
-    return ids != pad_id
-
-
 def causal_mask(t_query: int, t_key: int, device: torch.device | None = None) -> Tensor:
     """(Tq, Tk) bool lower triangle, aligned to the bottom right: the last query sees every key.
 
@@ -49,11 +44,6 @@ def attention_mask(
 def to_key_padding(mask: Tensor) -> Tensor:
     """(B, Tk) True = real token -> `nn.MultiheadAttention`'s key_padding_mask, True = ignore."""
     return ~mask
-
-
-def to_additive(mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Boolean mask -> additive mask: 0 where attending is allowed, the dtype's minimum where it is not."""
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
 def real_tokens(mask: Tensor | None) -> Tensor | None:

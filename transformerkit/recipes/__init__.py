@@ -61,12 +61,3 @@ def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, A
                 raise ConfigError(f"--set {item!r}: {parent!r} is not a table in this recipe")
         table[leaf] = value
     return recipe
-
-
-def section(recipe: dict[str, Any], name: str, allowed: set[str]) -> dict[str, Any]:
-    """A recipe table, checked for unknown keys (a typo is an error that names it, not a silent default)."""
-    table = recipe.get(name, {})
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        raise ConfigError(f"[{name}] {unknown[0]}: unknown key; allowed: {', '.join(sorted(allowed))}")
-    return table

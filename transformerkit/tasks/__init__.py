@@ -1,40 +1,16 @@
-"""Tasks: what turns a recipe into a model, training data, an objective and an evaluation for the Trainer."""
+"""Tasks: what turns a recipe into a model, training data, an objective and an evaluation for the Trainer (one
+file per task), and run.py, which trains a recipe into a run folder."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
-
-from torch import nn
+from typing import Any
 
 from ..errors import ConfigError
-from ..training.trainer import Objective, TrainConfig, TrainingData
-
-
-@dataclass
-class Setup:
-    """Everything the Trainer needs, built from a recipe by a task's `prepare`."""
-
-    model: nn.Module
-    data: TrainingData
-    objective: Objective
-    train_config: TrainConfig
-    evaluate: Callable[[nn.Module], dict[str, float]] | None
-    select: str  # the evaluation metric that picks best/ (a name with "loss" in it is minimised)
-
-
-def starting_model(run_dir: Path, resume: bool, init: nn.Module | None, build: Callable[[], nn.Module]) -> nn.Module:
-    """What a task trains: last/ when resuming (with its tokenizers, so data is encoded as before), else the
-    pretrained model given with --init, else a new model from `build`."""
-    if resume:
-        from ..training.checkpoint import read_checkpoint
-
-        return read_checkpoint(Path(run_dir) / "last")
-    return init if init is not None else build()
+from .recipe import Setup
 
 
 def prepare(recipe: dict[str, Any], **kwargs: Any) -> Setup:
+    """The recipe's task, prepared: model, data, objective, evaluation (see recipe.Setup)."""
     from . import classification, contrastive, language_model, masked_lm, translation
 
     tasks = {"translation": translation.prepare, "language_model": language_model.prepare,

@@ -6,26 +6,46 @@ encoder's pooled output. `[model] init` (or `train --init`) names the pretrained
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import Config, require
 from ..data.batching import bucket_by_tokens
 from ..data.datasets import MULTI30K_LANGUAGES, multi30k_path, read_lines
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..models import EncoderOnly
-from ..recipes import section
 from ..training.trainer import TrainConfig
-from . import Setup, starting_model
 from .encoder_data import SentenceBatch, sentence_batch
-from .masked_lm import TRAINING_KEYS
-from .pretrained import encoder_from
+from .pretrained import PretrainedTable, encoder_from
+from .recipe import Setup, read_tables, starting_model
 
-DATA_KEYS = {"languages", "batch_tokens", "max_tokens", "val_sentences"}
-MODEL_KEYS = {"init", "pooling", "dropout"}
+
+@dataclass(frozen=True)
+class DataTable(Config):
+    """[data]: the labels (Multi30k languages) and how sentences are batched."""
+
+    KIND: ClassVar[str] = "key"
+    languages: list[str] = field(default_factory=lambda: list(MULTI30K_LANGUAGES))
+    batch_tokens: int = 8192
+    max_tokens: int | None = None  # longer sentences are truncated (default: the model's max_len)
+    val_sentences: int | None = None  # evaluate on about this many validation sentences
+
+    def validate(self) -> None:
+        require(self, "languages", len(self.languages) >= 2 and set(self.languages) <= set(MULTI30K_LANGUAGES),
+                f"a list of at least two of {', '.join(MULTI30K_LANGUAGES)}")
+        require(self, "batch_tokens", self.batch_tokens >= 1, "at least 1")
+        for name in ("max_tokens", "val_sentences"):
+            require(self, name, getattr(self, name) is None or getattr(self, name) >= 1, "at least 1 (or unset)")
+
+
+@dataclass(frozen=True)
+class ModelTable(PretrainedTable):
+    pooling: Literal["cls", "mean"] = "cls"  # the classifier reads BERT's pooled [CLS], or the mean of the states
 
 
 def labelled(split: str, languages: list[str]) -> tuple[list[str], list[int]]:
@@ -57,28 +77,29 @@ class ClassificationLoss:
 
 def prepare(recipe: dict[str, Any], run_dir: Path, resume: bool = False, init: nn.Module | None = None,
             device: torch.device | str = "cpu") -> Setup:
-    data = section(recipe, "data", DATA_KEYS)
-    model_recipe = section(recipe, "model", MODEL_KEYS)
-    train_config = TrainConfig(**section(recipe, "training", TRAINING_KEYS))
-    languages = data.get("languages", list(MULTI30K_LANGUAGES))
+    tables = read_tables(recipe, data=DataTable, model=ModelTable, training=TrainConfig)
+    data, table, train_config = tables["data"], tables["model"], tables["training"]
+    languages = data.languages
     model = starting_model(run_dir, resume, None, lambda: encoder_from(
-        init, model_recipe, n_classes=len(languages), pooling=model_recipe.get("pooling", "cls"), mlm_head=False))
-    if not isinstance(model, EncoderOnly) or model.classifier is None:
+        init, table, n_classes=len(languages), pooling=table.pooling, mlm_head=False))
+    if not isinstance(model, EncoderOnly) or not model.config.n_classes:
         raise ConfigError("task 'classification' needs an encoder with a classification head")
     model.task = {"task": "classification", "labels": languages, "recipe": recipe.get("name")}
-    model.tokenizer.enable_truncation(data.get("max_tokens", model.config.max_len))
+    model.tokenizer.enable_truncation(min(data.max_tokens or model.config.max_len, model.config.max_len))
 
     def dataset(split: str, seed: int, limit: int | None = None) -> LabelledData:
         sentences, labels = labelled(split, languages)
+        if not sentences:
+            raise DataError(f"no {split} sentences in Multi30k for {', '.join(languages)}")
         if limit:
             step = max(1, len(sentences) // limit)
             sentences, labels = sentences[::step], labels[::step]
         rows = [e.ids for e in model.tokenizer.encode_batch(sentences)]
-        return LabelledData(rows, labels, data.get("batch_tokens", 8192), seed, model.config.pad_id)
+        return LabelledData(rows, labels, data.batch_tokens, seed, model.config.pad_id)
 
-    val = dataset("val", 0, data.get("val_sentences"))
+    val = dataset("val", 0, data.val_sentences)
     return Setup(model, dataset("train", train_config.seed), ClassificationLoss(), train_config,
-                 make_evaluator(val, languages, device), "val_accuracy")
+                 make_evaluator(val, languages, device), "val_accuracy", floor=1 / len(languages) + 0.05)
 
 
 def accuracy_by_label(model: nn.Module, data: LabelledData, names: list[str], device) -> dict[str, float]:

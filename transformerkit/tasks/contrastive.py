@@ -9,25 +9,42 @@ Recipe `multi30k-captions-contrastive`: Multi30k task 2 training captions, start
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import Config, require
+from ..data.batching import LazyEpoch, shuffled_groups
 from ..data.datasets import multi30k_captions
+from ..errors import ConfigError
 from ..evaluation.metrics import retrieval_scores
 from ..models import EncoderOnly
-from ..recipes import section
 from ..training.trainer import TrainConfig
-from . import Setup, starting_model
-from .encoder_data import LazyEpoch, PairBatch, sentence_batch, shuffled_groups
-from .masked_lm import TRAINING_KEYS
-from .pretrained import encoder_from
+from .encoder_data import PairBatch, sentence_batch
+from .pretrained import PretrainedTable, encoder_from
+from .recipe import Setup, read_tables, starting_model
 
-DATA_KEYS = {"language", "batch_size", "max_tokens", "scale", "val_images"}
-MODEL_KEYS = {"init", "dropout"}
+
+@dataclass(frozen=True)
+class DataTable(Config):
+    """[data]: whose captions (Multi30k task 2), the batch of in-batch negatives, the similarity scale."""
+
+    KIND: ClassVar[str] = "key"
+    language: Literal["en", "de"] = "en"
+    batch_size: int = 128
+    max_tokens: int | None = None  # longer captions are truncated (default: the model's max_len)
+    scale: float = 20.0
+    val_images: int = 1014
+
+    def validate(self) -> None:
+        require(self, "batch_size", self.batch_size >= 2, "at least 2 (the other rows are the negatives)")
+        require(self, "max_tokens", self.max_tokens is None or self.max_tokens >= 3, "at least 3 (or unset)")
+        require(self, "scale", self.scale > 0, "positive")
+        require(self, "val_images", self.val_images >= 2, "at least 2")
 
 
 class CaptionPairs:
@@ -64,25 +81,24 @@ class InBatchNegativesLoss:
 
 def prepare(recipe: dict[str, Any], run_dir: Path, resume: bool = False, init: nn.Module | None = None,
             device: torch.device | str = "cpu") -> Setup:
-    data = section(recipe, "data", DATA_KEYS)
-    model_recipe = section(recipe, "model", MODEL_KEYS)
-    train_config = TrainConfig(**section(recipe, "training", TRAINING_KEYS))
-    language = data.get("language", "en")
+    tables = read_tables(recipe, data=DataTable, model=PretrainedTable, training=TrainConfig)
+    data, train_config = tables["data"], tables["training"]
     model = starting_model(run_dir, resume, None, lambda: encoder_from(
-        init, model_recipe, pooling="mean", normalize_embeddings=True, mlm_head=False, n_classes=0))
-    assert isinstance(model, EncoderOnly)
+        init, tables["model"], pooling="mean", normalize_embeddings=True, mlm_head=False, n_classes=0))
+    if not isinstance(model, EncoderOnly):
+        raise ConfigError("task 'sentence_embedding' needs an encoder-only model")
     model.task = {"task": "sentence_embedding", "recipe": recipe.get("name")}
     tokenizer = model.tokenizer
-    tokenizer.enable_truncation(data.get("max_tokens", model.config.max_len))
+    tokenizer.enable_truncation(min(data.max_tokens or model.config.max_len, model.config.max_len))
 
     def encoded(split: str) -> list[list[list[int]]]:
-        return [[e.ids for e in tokenizer.encode_batch(multi30k_captions(split, k, language))] for k in range(1, 6)]
+        return [[e.ids for e in tokenizer.encode_batch(multi30k_captions(split, k, data.language))]
+                for k in range(1, 6)]
 
-    train = CaptionPairs(encoded("train"), data.get("batch_size", 128), train_config.seed, model.config.pad_id)
-    n_val = data.get("val_images", 1014)
-    val = [multi30k_captions("val", k, language)[:n_val] for k in (1, 2)]
-    return Setup(model, train, InBatchNegativesLoss(data.get("scale", 20.0)), train_config,
-                 make_evaluator(val), "val_recall_at_1")
+    train = CaptionPairs(encoded("train"), data.batch_size, train_config.seed, model.config.pad_id)
+    val = [multi30k_captions("val", k, data.language)[: data.val_images] for k in (1, 2)]
+    return Setup(model, train, InBatchNegativesLoss(data.scale), train_config, make_evaluator(val),
+                 "val_recall_at_1", floor=2 / max(1, len(val[0])))
 
 
 def make_evaluator(val: list[list[str]]) -> Callable[[nn.Module], dict[str, float]]:

@@ -6,30 +6,58 @@ captions; never val or test), [tokenizer] (WordPiece), [model] (an encoder prese
 
 from __future__ import annotations
 
-import dataclasses
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
-from ..config import ModelConfig, preset
-from ..data.batching import bucket_by_tokens
+from ..config import Config, preset, require
+from ..data.batching import LazyEpoch, batch_generator, bucket_by_tokens
 from ..data.datasets import MULTI30K_LANGUAGES, multi30k_captions, multi30k_path, read_lines
 from ..data.masking import IGNORE, mask_tokens
 from ..data.tokenizers import BERT_SPECIALS, special_ids, train_wordpiece
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..models import EncoderOnly, build_model
-from ..recipes import section
 from ..training.losses import linear_cross_entropy
 from ..training.trainer import TrainConfig
-from . import Setup, starting_model
-from .encoder_data import LazyEpoch, SentenceBatch, batch_generator, sentence_batch
+from .encoder_data import SentenceBatch, sentence_batch
+from .recipe import Setup, model_keys, read_tables, starting_model
 
-DATA_KEYS = {"languages", "captions", "batch_tokens", "mask_rate", "max_tokens", "val_sentences"}
-TOKENIZER_KEYS = {"kind", "vocab_size", "lowercase", "min_frequency"}
-MODEL_KEYS = {"preset"} | {f.name for f in dataclasses.fields(ModelConfig)}
-TRAINING_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+@dataclass(frozen=True)
+class DataTable(Config):
+    """[data]: which Multi30k text to pretrain on (training splits only), and how to mask and batch it."""
+
+    KIND: ClassVar[str] = "key"
+    languages: list[str] = field(default_factory=lambda: list(MULTI30K_LANGUAGES))
+    captions: bool = True  # add Multi30k task 2's English and German captions
+    batch_tokens: int = 8192
+    mask_rate: float = 0.15
+    max_tokens: int | None = None  # longer sentences are truncated (default: the model's max_len)
+    val_sentences: int = 4000
+
+    def validate(self) -> None:
+        require(self, "languages", bool(self.languages) and set(self.languages) <= set(MULTI30K_LANGUAGES),
+                f"a non-empty list of {', '.join(MULTI30K_LANGUAGES)}")
+        require(self, "mask_rate", 0 < self.mask_rate < 1, "in (0, 1)")
+        for name in ("batch_tokens", "val_sentences"):
+            require(self, name, getattr(self, name) >= 1, "at least 1")
+        require(self, "max_tokens", self.max_tokens is None or self.max_tokens >= 3, "at least 3 (or unset)")
+
+
+@dataclass(frozen=True)
+class TokenizerTable(Config):
+    KIND: ClassVar[str] = "key"
+    kind: Literal["wordpiece"] = "wordpiece"
+    vocab_size: int = 16000
+    lowercase: bool = False
+    min_frequency: int = 2
+
+    def validate(self) -> None:
+        require(self, "vocab_size", self.vocab_size >= 16, "at least 16")
 
 
 def multi30k_sentences(split: str, languages: list[str], captions: bool) -> list[str]:
@@ -68,51 +96,50 @@ class MaskedLMLoss:
     """Cross-entropy at the chosen positions only: the MLM head runs on those rows, not the whole batch."""
 
     def __call__(self, model: nn.Module, batch: SentenceBatch) -> tuple[Tensor, int]:
-        hidden = model.encode(batch.ids, batch.mask)  # (B, T, C)
+        hidden = model.hidden_states(batch.ids, batch.mask)  # (B, T, C)
         chosen = batch.labels != IGNORE
-        head = model.mlm_head
-        h = head.norm(head.act(head.dense(hidden[chosen])))  # (N, C)
-        return linear_cross_entropy(h, head.output.weight, head.output.bias, batch.labels[chosen]), int(chosen.sum())
+        output = model.output_layer()
+        features = model.mlm_features(hidden[chosen])  # (N, C)
+        return linear_cross_entropy(features, output.weight, output.bias, batch.labels[chosen]), int(chosen.sum())
 
 
 def prepare(recipe: dict[str, Any], run_dir: Path, resume: bool = False, init: nn.Module | None = None,
             device: torch.device | str = "cpu") -> Setup:
-    data = section(recipe, "data", DATA_KEYS)
-    tokenizer_recipe = section(recipe, "tokenizer", TOKENIZER_KEYS)
-    model_recipe = dict(section(recipe, "model", MODEL_KEYS))
-    train_config = TrainConfig(**section(recipe, "training", TRAINING_KEYS))
-    languages = data.get("languages", list(MULTI30K_LANGUAGES))
-    train = multi30k_sentences("train", languages, data.get("captions", True))
-    val = multi30k_sentences("val", languages, False)[: data.get("val_sentences", 4000)]
+    tables = read_tables(recipe, data=DataTable, tokenizer=TokenizerTable, model=model_keys("preset"),
+                         training=TrainConfig)
+    data, train_config = tables["data"], tables["training"]
+    train = multi30k_sentences("train", data.languages, data.captions)
+    val = multi30k_sentences("val", data.languages, False)[: data.val_sentences]
+    if not train or not val:
+        raise DataError(f"no {'training' if not train else 'validation'} sentences in Multi30k for "
+                        f"{', '.join(data.languages)}")
+
     def build() -> nn.Module:
-        if tokenizer_recipe.get("kind", "wordpiece") != "wordpiece":
-            raise ConfigError(f"[tokenizer] kind: {tokenizer_recipe['kind']!r} is not allowed here; use 'wordpiece'")
-        tokenizer = train_wordpiece(train, tokenizer_recipe.get("vocab_size", 16000),
-                                    tokenizer_recipe.get("lowercase", False), tokenizer_recipe.get("min_frequency", 2))
-        base = preset(model_recipe.pop("preset")) if "preset" in model_recipe else preset("bert-tiny")
-        config = base.replace(**{**model_recipe, **special_ids(tokenizer), "family": "encoder", "mlm_head": True,
-                                 "vocab_size": tokenizer.get_vocab_size()})
-        model = build_model(config)
+        fields, t = tables["model"], tables["tokenizer"]
+        tokenizer = train_wordpiece(train, t.vocab_size, t.lowercase, t.min_frequency)
+        base = preset(fields.pop("preset")) if "preset" in fields else preset("bert-tiny")
+        model = build_model(base.replace(**{**fields, **special_ids(tokenizer), "family": "encoder",
+                                            "mlm_head": True, "vocab_size": tokenizer.get_vocab_size()}))
         model.tokenizer = tokenizer
         return model
 
     model = starting_model(run_dir, resume, init, build)
-    if not isinstance(model, EncoderOnly) or model.mlm_head is None:
+    if not isinstance(model, EncoderOnly) or not model.config.mlm_head:
         raise ConfigError("task 'masked_lm' needs an encoder-only model with an MLM head")
     model.task = {"task": "masked_lm", "recipe": recipe.get("name")}
     tokenizer, config = model.tokenizer, model.config
-    max_tokens = data.get("max_tokens", config.max_len)
-    tokenizer.enable_truncation(max_tokens)
+    tokenizer.enable_truncation(min(data.max_tokens or config.max_len, config.max_len))
     mask_id = tokenizer.token_to_id("[MASK]")
     specials = [tokenizer.token_to_id(t) for t in BERT_SPECIALS]
 
     def dataset(sentences: list[str], seed: int) -> MaskedData:
         rows = [e.ids for e in tokenizer.encode_batch(sentences)]
-        return MaskedData(rows, data.get("batch_tokens", 8192), seed, mask_id, config.vocab_size, config.pad_id,
-                          specials, data.get("mask_rate", 0.15))
+        return MaskedData(rows, data.batch_tokens, seed, mask_id, config.vocab_size, config.pad_id, specials,
+                          data.mask_rate)
 
     return Setup(model, dataset(train, train_config.seed), MaskedLMLoss(), train_config,
-                 make_evaluator(dataset(val, 0), device), "val_loss")
+                 make_evaluator(dataset(val, 0), device), "val_loss",
+                 floor=0.9 * math.log(config.vocab_size))  # uniform guessing scores log(vocab)
 
 
 def make_evaluator(val: MaskedData, device) -> Callable[[nn.Module], dict[str, float]]:
@@ -123,9 +150,9 @@ def make_evaluator(val: MaskedData, device) -> Callable[[nn.Module], dict[str, f
         total, correct, count = 0.0, 0, 0
         for batch in batches:
             batch = batch.to(device)
-            hidden = model.encode(batch.ids, batch.mask)
+            hidden = model.hidden_states(batch.ids, batch.mask)
             chosen = batch.labels != IGNORE
-            logits = model.mlm_head(hidden[chosen])
+            logits = model.mlm_logits(hidden[chosen])
             total += float(torch.nn.functional.cross_entropy(logits.float(), batch.labels[chosen], reduction="sum"))
             correct += int((logits.argmax(-1) == batch.labels[chosen]).sum())
             count += int(chosen.sum())

@@ -2,32 +2,45 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from torch import nn
 
+from ..config import Config, require
 from ..errors import CheckpointError, ConfigError
 from ..models import EncoderOnly
 
 
-def encoder_from(init: nn.Module | None, model_recipe: dict[str, Any], **changes: Any) -> nn.Module:
+@dataclass(frozen=True)
+class PretrainedTable(Config):
+    """[model] of a fine-tuning task: the pretrained encoder to start from, and its dropout."""
+
+    KIND: ClassVar[str] = "key"
+    init: str | None = None  # a model folder (or give it with `train --init MODEL`)
+    dropout: float | None = None  # default: the pretrained model's
+
+    def validate(self) -> None:
+        require(self, "dropout", self.dropout is None or 0 <= self.dropout < 1, "in [0, 1) (or unset)")
+
+
+def encoder_from(init: nn.Module | None, table: PretrainedTable, **changes: Any) -> nn.Module:
     """The pretrained encoder (`init`, or the recipe's [model] init path) rebuilt with `changes` (new heads),
     its encoder weights copied over."""
     from ..loading import load
 
     if init is None:
-        if "init" not in model_recipe:
+        if table.init is None:
             raise ConfigError("[model] init: this task fine-tunes a pretrained encoder; name it with "
                               "--init MODEL or init = \"...\" in the recipe")
         try:
-            init = load(model_recipe["init"], device="cpu")
+            init = load(table.init, device="cpu")
         except CheckpointError as error:
             raise ConfigError(f"[model] init: {error} (train the pretraining recipe first, e.g. multi30k-bert)") \
                 from None
     if not isinstance(init, EncoderOnly):
         raise ConfigError("the pretrained model must be an encoder-only model")
-    config = init.config.replace(**changes, **({"dropout": model_recipe["dropout"]} if "dropout" in model_recipe
-                                               else {}))
+    config = init.config.replace(**changes, **({"dropout": table.dropout} if table.dropout is not None else {}))
     model = EncoderOnly(config)
     ours = model.state_dict()
     copied = {k: v for k, v in init.state_dict().items() if k in ours and v.shape == ours[k].shape}

@@ -8,46 +8,98 @@ separate vocabularies), [model] (a preset and any ModelConfig fields), [training
 
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from ..config import ModelConfig, preset
+from ..config import Config, ModelConfig, RNNConfig, preset, require
 from ..data.batching import Seq2SeqBatch, bucket_by_tokens, seq2seq_batch
 from ..data.datasets import Parallel, multi30k, read_parallel
 from ..data.tokenizers import encode, special_ids, train_bpe
-from ..errors import ConfigError
-from ..evaluation.metrics import sacrebleu_score
+from ..errors import ConfigError, DataError
+from ..evaluation.metrics import perplexity, sacrebleu_score
 from ..inference.translate import DecodeOptions, translate
-from ..models import EncoderDecoder, RNNConfig, RNNSeq2Seq, build_model
-from ..recipes import section
-from ..training.objectives import TranslationLoss
+from ..models import EncoderDecoder, RNNSeq2Seq, build_model
+from ..training.losses import linear_cross_entropy
 from ..training.trainer import TrainConfig
-from . import Setup, starting_model
-
-DATA_KEYS = {"corpus", "source", "target", "train_source", "train_target", "val_source", "val_target",
-             "batch_tokens", "max_sentence_tokens", "val_sentences"}
-TOKENIZER_KEYS = {"kind", "vocab_size", "joint", "min_frequency", "path"}
-MODEL_KEYS = {"preset", "architecture"} | {f.name for f in dataclasses.fields(ModelConfig)} | \
-    {f.name for f in dataclasses.fields(RNNConfig)}
-TRAINING_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} | {"label_smoothing"}
-DECODING_KEYS = {f.name for f in dataclasses.fields(DecodeOptions)}
+from .recipe import Setup, model_keys, read_tables, starting_model, table_errors
 
 
-def load_corpus(data: dict[str, Any], split: str) -> Parallel:
-    """The recipe's corpus: Multi30k by language pair, or two aligned files per split."""
-    corpus = data.get("corpus", "multi30k")
-    if corpus == "multi30k":
-        return multi30k("train" if split == "train" else "val", data["source"], data["target"])
-    if corpus == "files":
-        try:
-            return read_parallel(data[f"{split}_source"], data[f"{split}_target"])
-        except KeyError as missing:
-            raise ConfigError(f"[data] {missing.args[0]}: needed when corpus = 'files'") from None
-    raise ConfigError(f"[data] corpus: {corpus!r} is not allowed; choose 'multi30k' or 'files'")
+@dataclass(frozen=True)
+class DataTable(Config):
+    """[data]: which parallel corpus, and how it is batched."""
+
+    KIND: ClassVar[str] = "key"
+    corpus: Literal["multi30k", "files"] = "multi30k"
+    source: str | None = None  # multi30k: the languages, e.g. "de" -> "en"
+    target: str | None = None
+    train_source: str | None = None  # files: two aligned files per split
+    train_target: str | None = None
+    val_source: str | None = None
+    val_target: str | None = None
+    batch_tokens: int = 4096  # padded positions per side per batch
+    max_sentence_tokens: int | None = None  # longer training pairs are left out (default: the model's max_len)
+    val_sentences: int | None = None  # evaluate on the first N validation pairs only
+
+    def validate(self) -> None:
+        needed = ("source", "target") if self.corpus == "multi30k" else (
+            "train_source", "train_target", "val_source", "val_target")
+        for name in needed:
+            require(self, name, getattr(self, name) is not None, f"set when corpus = {self.corpus!r}")
+        require(self, "batch_tokens", self.batch_tokens >= 1, "at least 1")
+        for name in ("max_sentence_tokens", "val_sentences"):
+            require(self, name, getattr(self, name) is None or getattr(self, name) >= 1, "at least 1 (or unset)")
+
+
+@dataclass(frozen=True)
+class TokenizerTable(Config):
+    """[tokenizer]: BPE trained on the training split, or an existing tokenizer file."""
+
+    KIND: ClassVar[str] = "key"
+    kind: Literal["bpe"] = "bpe"
+    vocab_size: int = 8000
+    joint: bool = True  # one vocabulary for both languages (shared embeddings and output layer)
+    min_frequency: int = 2
+    path: str | None = None  # an existing joint tokenizer.json (an experiment shares one across models)
+
+    def validate(self) -> None:
+        require(self, "vocab_size", self.vocab_size >= 8, "at least 8")
+        require(self, "min_frequency", self.min_frequency >= 1, "at least 1")
+        require(self, "path", self.path is None or Path(self.path).is_file(), "an existing tokenizer file")
+
+
+def load_corpus(data: DataTable, split: str) -> Parallel:
+    """The recipe's corpus: Multi30k by language pair, or two aligned files per split; never empty."""
+    if data.corpus == "multi30k":
+        pairs = multi30k("train" if split == "train" else "val", data.source, data.target)
+        where = f"Multi30k {split} {data.source}-{data.target}"
+    else:
+        pairs = read_parallel(getattr(data, f"{split}_source"), getattr(data, f"{split}_target"))
+        where = f"{getattr(data, f'{split}_source')} / {getattr(data, f'{split}_target')}"
+    if not len(pairs):
+        raise DataError(f"{where}: no sentence pairs to {'train on' if split == 'train' else 'validate with'}")
+    return pairs
+
+
+class TranslationLoss:
+    """Label-smoothed cross-entropy of the next target token (teacher forcing), padding excluded.
+
+    Works for any sequence-to-sequence model that gives target-side hidden states and its output layer:
+    the Transformer's EncoderDecoder and the recurrent models alike.
+    """
+
+    def __init__(self, label_smoothing: float = 0.1):
+        self.label_smoothing = label_smoothing
+
+    def __call__(self, model: nn.Module, batch: Seq2SeqBatch) -> tuple[Tensor, int]:
+        hidden = model.hidden_states(batch.source, batch.target_in, batch.source_mask, batch.target_mask)  # (B, T, C)
+        mask, output = batch.target_mask, model.output_layer()
+        loss = linear_cross_entropy(hidden[mask], output.weight, output.bias, batch.target_out[mask],
+                                    self.label_smoothing)
+        return loss, batch.n_target_tokens
 
 
 class TranslationData:
@@ -71,64 +123,65 @@ class TranslationData:
 
 def prepare(recipe: dict[str, Any], run_dir: Path, resume: bool = False, init: nn.Module | None = None,
             device: torch.device | str = "cpu") -> Setup:
-    data = section(recipe, "data", DATA_KEYS)
-    tokenizer_recipe = section(recipe, "tokenizer", TOKENIZER_KEYS)
-    section(recipe, "model", MODEL_KEYS)  # every table is checked before any data is read
-    training = dict(section(recipe, "training", TRAINING_KEYS))
-    decoding = DecodeOptions(**section(recipe, "decoding", DECODING_KEYS))
+    training = dict(recipe.get("training") or {})
     label_smoothing = training.pop("label_smoothing", 0.1)
-    train_config = TrainConfig(**training)
+    tables = read_tables({**recipe, "training": training}, data=DataTable, tokenizer=TokenizerTable,
+                         model=model_keys("preset", "architecture", rnn=True), training=TrainConfig,
+                         decoding=DecodeOptions)
+    data, train_config = tables["data"], tables["training"]
+    if not isinstance(label_smoothing, (int, float)) or not 0 <= label_smoothing < 1:
+        raise ConfigError(f"[training] label_smoothing: {label_smoothing!r} is not allowed; it must be in [0, 1)")
     train, val = load_corpus(data, "train"), load_corpus(data, "val")
 
-    model = starting_model(run_dir, resume, init, lambda: new_model(recipe, train, tokenizer_recipe))
+    model = starting_model(run_dir, resume, init, lambda: new_model(tables["model"], train, tables["tokenizer"]))
     if not isinstance(model, (EncoderDecoder, RNNSeq2Seq)):
         raise ConfigError("task 'translation' needs an encoder-decoder model (a Transformer or a recurrent one)")
-    model.task = {"task": "translation", "corpus": data.get("corpus", "multi30k"), "source_lang": data.get("source"),
-                  "target_lang": data.get("target"), "decoding": dataclasses.asdict(decoding),
-                  "recipe": recipe.get("name")}
+    model.task = {"task": "translation", "corpus": data.corpus, "source_lang": data.source,
+                  "target_lang": data.target, "decoding": tables["decoding"].to_dict(), "recipe": recipe.get("name")}
 
-    limit = data.get("max_sentence_tokens", model.config.max_len - 1)
-    sources, targets = encode(model.source_tokenizer, train.sources), encode(model.target_tokenizer, train.targets)
-    keep = [i for i, (s, t) in enumerate(zip(sources, targets)) if len(s) < limit and len(t) < limit]
     config = model.config
-    train_data = TranslationData([sources[i] for i in keep], [targets[i] for i in keep],
-                                 data.get("batch_tokens", 4096), train_config.seed, config.pad_id, config.bos_id,
-                                 config.eos_id)
-    n_val = data.get("val_sentences", len(val))
-    evaluate = make_evaluator(val.sources[:n_val], val.targets[:n_val], data.get("batch_tokens", 4096), device)
-    return Setup(model, train_data, TranslationLoss(label_smoothing), train_config, evaluate, "val_bleu")
+    limit = data.max_sentence_tokens or config.max_len - 1
+    if limit >= config.max_len:
+        raise ConfigError(f"[data] max_sentence_tokens: {limit} is not allowed; it must be below the model's "
+                          f"max_len ({config.max_len}), which counts the end token too")
+    sources, targets = encode(model.source_tokenizer, train.sources), encode(model.target_tokenizer, train.targets)
+    keep = [i for i, (s, t) in enumerate(zip(sources, targets)) if len(s) <= limit and len(t) <= limit]
+    if not keep:
+        raise DataError(f"no training pair has at most {limit} tokens a side ([data] max_sentence_tokens): "
+                        "nothing is left to train on")
+    train_data = TranslationData([sources[i] for i in keep], [targets[i] for i in keep], data.batch_tokens,
+                                 train_config.seed, config.pad_id, config.bos_id, config.eos_id)
+    n_val = data.val_sentences or len(val)
+    evaluate = make_evaluator(val.sources[:n_val], val.targets[:n_val], data.batch_tokens, device)
+    return Setup(model, train_data, TranslationLoss(label_smoothing), train_config, evaluate, "val_bleu", floor=1.0)
 
 
-def new_model(recipe: dict[str, Any], train: Parallel, tokenizer_recipe: dict[str, Any]) -> nn.Module:
+def new_model(fields: dict[str, Any], train: Parallel, tokenizer_table: TokenizerTable) -> nn.Module:
     """Train the tokenizer(s) on the training split, then build the model sized to the vocabulary."""
-    if tokenizer_recipe.get("kind", "bpe") != "bpe":
-        raise ConfigError(f"[tokenizer] kind: {tokenizer_recipe['kind']!r} is not allowed for translation; use 'bpe'")
-    size, min_frequency = tokenizer_recipe.get("vocab_size", 8000), tokenizer_recipe.get("min_frequency", 2)
-    joint = tokenizer_recipe.get("joint", True)
-    if "path" in tokenizer_recipe:  # an existing joint tokenizer (an experiment shares one across models)
+    t = tokenizer_table
+    joint = t.joint
+    if t.path is not None:  # an existing joint tokenizer (an experiment shares one across models)
         from tokenizers import Tokenizer
 
-        if not Path(tokenizer_recipe["path"]).is_file():
-            raise ConfigError(f"[tokenizer] path: {tokenizer_recipe['path']}: no such file")
-        source_tokenizer = target_tokenizer = Tokenizer.from_file(str(tokenizer_recipe["path"]))
+        source_tokenizer = target_tokenizer = Tokenizer.from_file(t.path)
         joint = True
     elif joint:
-        source_tokenizer = target_tokenizer = train_bpe(train.sources + train.targets, size, min_frequency)
+        source_tokenizer = target_tokenizer = train_bpe(train.sources + train.targets, t.vocab_size, t.min_frequency)
     else:
-        source_tokenizer = train_bpe(train.sources, size, min_frequency)
-        target_tokenizer = train_bpe(train.targets, size, min_frequency)
-    fields = dict(section(recipe, "model", MODEL_KEYS))
+        source_tokenizer = train_bpe(train.sources, t.vocab_size, t.min_frequency)
+        target_tokenizer = train_bpe(train.targets, t.vocab_size, t.min_frequency)
     sizes = {**special_ids(target_tokenizer), "vocab_size": source_tokenizer.get_vocab_size(),
              "target_vocab_size": None if joint else target_tokenizer.get_vocab_size(),
              "share_embeddings": joint and fields.get("share_embeddings", True)}
     architecture = fields.pop("architecture", "transformer")
-    if architecture == "rnn":
-        model = RNNSeq2Seq(RNNConfig.from_dict({**fields, **sizes}))
-    elif architecture == "transformer":
-        base = preset(fields.pop("preset")) if "preset" in fields else ModelConfig()
-        model = build_model(base.replace(**{**fields, **sizes, "family": "encoder-decoder"}))
-    else:
-        raise ConfigError(f"[model] architecture: {architecture!r} is not allowed; choose 'transformer' or 'rnn'")
+    with table_errors("model"):
+        if architecture == "rnn":
+            model = RNNSeq2Seq(RNNConfig.from_dict({**fields, **sizes}))
+        elif architecture == "transformer":
+            base = preset(fields.pop("preset")) if "preset" in fields else ModelConfig()
+            model = build_model(base.replace(**{**fields, **sizes, "family": "encoder-decoder"}))
+        else:
+            raise ConfigError(f"architecture: {architecture!r} is not allowed; choose 'transformer' or 'rnn'")
     model.source_tokenizer, model.target_tokenizer = source_tokenizer, target_tokenizer
     return model
 
@@ -149,45 +202,7 @@ def make_evaluator(sources: list[str], references: list[str], batch_tokens: int,
             total, tokens = total + float(value), tokens + n
         hypotheses = translate(model, sources, beam=1)
         mean = total / max(tokens, 1)
-        return {"val_loss": mean, "val_ppl": float(torch.tensor(mean).exp()), "val_bleu":
-                float(sacrebleu_score(hypotheses, references)["sacrebleu"])}
+        return {"val_loss": mean, "val_ppl": perplexity(mean),
+                "val_bleu": float(sacrebleu_score(hypotheses, references)["sacrebleu"])}
 
     return evaluate
-
-
-def evaluate_split(model: nn.Module, split: str = "test_2016_flickr", beam: int | None = None,
-                   source_file: str | None = None, reference_file: str | None = None,
-                   language: str | None = None) -> dict[str, Any]:
-    """Translate a split (or a source file) and score it: sacreBLEU and chrF on detokenized text, and, where
-    official tokenized references exist (Multi30k), tokenized BLEU. Returns the numbers with the outputs."""
-    import time
-
-    from ..data.datasets import multi30k_path, multi30k_tokenized_path, read_lines
-    from ..evaluation.metrics import chrf_score, tokenized_bleu
-
-    task = getattr(model, "task", None) or {}
-    tokenized = None
-    if source_file or reference_file:
-        if not (source_file and reference_file):
-            raise ConfigError("--source-file and --reference-file go together")
-        pairs = read_parallel(source_file, reference_file)
-        language = language or task.get("target_lang") or "en"
-    else:
-        if task.get("corpus", "multi30k") != "multi30k" or not task.get("source_lang"):
-            raise ConfigError("this model does not say which Multi30k languages it translates; "
-                              "give --source-file and --reference-file")
-        source_lang, language = task["source_lang"], task["target_lang"]
-        pairs = read_parallel(multi30k_path(split, source_lang), multi30k_path(split, language))
-        tok_path = multi30k_tokenized_path(split, language)
-        tokenized = read_lines(tok_path) if tok_path.exists() else None
-    start = time.perf_counter()
-    hypotheses = translate(model, pairs.sources, beam=beam)
-    seconds = time.perf_counter() - start
-    used_beam = beam or (task.get("decoding") or {}).get("beam", DecodeOptions.beam)
-    result: dict[str, Any] = {"split": split if not source_file else source_file, "sentences": len(pairs),
-                              "beam": used_beam, "translate_seconds": seconds,
-                              **sacrebleu_score(hypotheses, pairs.targets), **chrf_score(hypotheses, pairs.targets)}
-    if tokenized is not None and len(tokenized) == len(hypotheses):
-        result["bleu_tokenized"] = tokenized_bleu(hypotheses, tokenized, language)
-    result["hypotheses"] = hypotheses
-    return result

@@ -78,6 +78,16 @@ def save(model: nn.Module, folder: str | os.PathLike) -> Path:
     return Path(folder)
 
 
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a truncated or foreign file is a CheckpointError that names it."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as error:  # safetensors raises its own error types for every way a file can be broken
+        raise CheckpointError(f"{path}: not a readable safetensors file ({str(error)[:200]})") from None
+
+
 def is_checkpoint(folder: Path) -> bool:
     try:
         return json.loads((folder / "config.json").read_text()).get("format") == FORMAT
@@ -87,9 +97,7 @@ def is_checkpoint(folder: Path) -> bool:
 
 def read_checkpoint(folder: Path) -> nn.Module:
     """Our checkpoint folder -> the model, on the CPU in the stored dtype, with its tokenizers attached."""
-    from safetensors.torch import load_file
-
-    from ..architectures import build_from_header
+    from ..models import build_from_header
 
     try:
         header = json.loads((folder / "config.json").read_text())
@@ -99,7 +107,7 @@ def read_checkpoint(folder: Path) -> nn.Module:
     weights_file = folder / "model.safetensors"
     if not weights_file.exists():
         raise CheckpointError(f"{folder}: no model.safetensors")
-    load_weights(model, load_file(weights_file), str(weights_file))
+    load_weights(model, read_weights(weights_file), str(weights_file))
     attach_tokenizers(model, folder)
     model.task = header.get("task")
     return model
@@ -133,8 +141,13 @@ def attach_tokenizers(model: nn.Module, folder: Path) -> None:
     vocabulary has a single tokenizer.json that serves as both its source and its target tokenizer."""
     from tokenizers import Tokenizer
 
-    found = {attribute: Tokenizer.from_file(str(folder / filename))
-             for attribute, filename in TOKENIZER_FILES.items() if (folder / filename).exists()}
+    found = {}
+    for attribute, filename in TOKENIZER_FILES.items():
+        if (folder / filename).exists():
+            try:
+                found[attribute] = Tokenizer.from_file(str(folder / filename))
+            except Exception as error:  # the tokenizers library raises a bare Exception for a bad file
+                raise CheckpointError(f"{folder / filename}: not a readable tokenizer ({str(error)[:200]})") from None
     for tokenizer in found.values():
         tokenizer.no_padding()  # batches are padded here, with masks (a file may ask for fixed-length padding)
     if hasattr(model, "source_tokenizer"):

@@ -8,6 +8,7 @@ hold whole (unsharded) tensors, so a run resumes under any world size.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import os
 from dataclasses import dataclass
@@ -88,6 +89,45 @@ def wrap(module: LossModule, device: torch.device, place: World, fsdp: bool) -> 
     return nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
 
+class WholeModel:
+    """What the main process evaluates and saves. Without FSDP that is the model itself; with FSDP the model's
+    parameters are shards, and rank 0 keeps a whole copy refreshed from them when asked (a collective: every
+    rank asks at the same points; it gathers at most once per step)."""
+
+    def __init__(self, model: nn.Module, fsdp: bool, is_main: bool):
+        self.model, self.fsdp, self.is_main = model, fsdp, is_main
+        self.copy = copy.deepcopy(model) if fsdp and is_main else model
+        self._step = -1
+
+    def at(self, step: int) -> nn.Module:
+        if self.fsdp and self._step != step:
+            weights = gather_weights(self.model)
+            if self.is_main:
+                self.copy.load_state_dict(weights)
+            self._step = step
+        return self.copy
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict | None:
+        """The optimizer's state to save (None before its first step: FSDP's gathering would initialise it
+        with a step of zero gradients, which counts as a step and changes Adam's bias correction)."""
+        if not optimizer.state:
+            return None
+        return gather_optimizer_state(self.model, optimizer) if self.fsdp else optimizer.state_dict()
+
+    def load(self, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, optimizer_state: dict | None,
+             device: torch.device) -> None:
+        """Every rank takes the whole weights and optimizer state of a checkpoint (its shards, under FSDP)."""
+        if self.fsdp:
+            load_sharded(self.model, optimizer, weights, optimizer_state)
+            return
+        from .checkpoint import load_weights
+
+        load_weights(self.model, weights, "last/model.safetensors")
+        self.model.to(device)
+        if optimizer_state is not None:
+            optimizer.load_state_dict(optimizer_state)
+
+
 def _whole(**options) -> "StateDictOptions":  # noqa: F821
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
@@ -108,7 +148,8 @@ def gather_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -
     return get_optimizer_state_dict(model, optimizer, options=_whole(cpu_offload=True))
 
 
-def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, weights: dict, optimizer_state: dict) -> None:
+def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, weights: dict,
+                 optimizer_state: dict | None) -> None:
     """FSDP: every rank takes its shards of whole weights and optimizer state (each rank read the checkpoint)."""
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
@@ -118,7 +159,8 @@ def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, weights: di
     whole = {names[0]: next(weights[n] for n in names if n in weights) for names in tied.values()}
     whole.update({name: weights[name] for name, _ in model.named_buffers() if name in weights})
     set_model_state_dict(model, whole, options=_whole(strict=False))
-    set_optimizer_state_dict(model, optimizer, optimizer_state, options=_whole())
+    if optimizer_state is not None:  # None: saved before the first step
+        set_optimizer_state_dict(model, optimizer, optimizer_state, options=_whole())
 
 
 def all_reduce_sums(*values: float, device: torch.device) -> list[float]:

@@ -2,9 +2,10 @@
 
 The full logits of a batch (tokens x vocabulary) are the largest tensor in training: 4,000 tokens over
 8,000 words is 128 MB in float32, written and read several times. So the output layer and the loss run
-together a chunk of rows at a time (small enough to stay in cache), and the gradient is worked out in the
-same pass: d loss / d logits = softmax - smoothed target, known as soon as the softmax is. Only the
-gradients of the hidden states and of the weights are kept for the backward pass.
+together a chunk of rows at a time (8 MB of logits: larger chunks mean fewer, faster matmuls, measured on a
+2-core Xeon), and the gradient is worked out in the same pass: d loss / d logits = softmax - smoothed
+target, known as soon as the softmax is. Only the gradients of the hidden states and of the weights are
+kept for the backward pass.
 
 The smoothed target, (1 - eps) on the right token plus eps / V everywhere, never becomes a tensor: its
 products with the weights are a gathered row and a column sum, so each chunk costs three matmuls and a
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-CHUNK_ELEMENTS = 1 << 20  # logits per chunk: 4 MB in float32, a few hundred rows of a subword vocabulary
+CHUNK_ELEMENTS = 1 << 21  # logits per chunk: 8 MB in float32, about 260 rows of an 8,000-word vocabulary
 
 
 class _LinearCrossEntropy(torch.autograd.Function):

@@ -17,29 +17,78 @@ def inverse_sqrt(peak: float, warmup: int) -> Callable[[int], float]:
     return lambda step: peak * min(step / warmup, math.sqrt(warmup / step)) if warmup else peak / math.sqrt(step)
 
 
-def cosine(peak: float, warmup: int, total: int, floor: float = 0.0) -> Callable[[int], float]:
-    """Linear warmup, then half a cosine from `peak` down to `floor` at step `total`."""
+def cosine(peak: float, warmup: int, total: int, floor: float = 0.0,
+           anchor: tuple[int, float] | None = None) -> Callable[[int], float]:
+    """Linear warmup, then half a cosine from `peak` down to `floor` at step `total`.
+
+    `anchor` (step, progress) re-plans a decay under way: from `step` on, the rest of the half cosine (from
+    `progress` to its end) is spread evenly over the steps left to `total`, so the rate never jumps. A run
+    with a time budget re-plans this way when the machine turns out faster or slower than first measured.
+    """
+    start, done = anchor or (warmup, 0.0)
 
     def lr(step: int) -> float:
         if step < warmup:
             return peak * step / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        progress = min(1.0, done + (1 - done) * max(0, step - start) / max(1, total - start))
         return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
 
     return lr
+
+
+def cosine_progress(warmup: int, total: int, step: int, anchor: tuple[int, float] | None = None) -> float:
+    """How far along its half cosine the schedule above is at `step` (0 at the end of warmup, 1 at `total`)."""
+    start, done = anchor or (warmup, 0.0)
+    if step < warmup:
+        return 0.0
+    return min(1.0, done + (1 - done) * max(0, step - start) / max(1, total - start))
 
 
 def constant(peak: float, warmup: int) -> Callable[[int], float]:
     return lambda step: peak * min(1.0, step / warmup) if warmup else peak
 
 
-def make_schedule(name: str, peak: float, warmup: int, total: int | None, floor: float) -> Callable[[int], float]:
+SCHEDULES = ("inverse_sqrt", "cosine", "constant")
+
+
+def make_schedule(name: str, peak: float, warmup: int, total: int | None, floor: float,
+                  anchor: tuple[int, float] | None = None) -> Callable[[int], float]:
     if name == "inverse_sqrt":
         return inverse_sqrt(peak, warmup)
     if name == "constant":
         return constant(peak, warmup)
     if name == "cosine":
         if not total:
-            raise ConfigError("schedule: 'cosine' needs training.max_steps, the step where it reaches its floor")
-        return cosine(peak, warmup, total, floor)
+            raise ConfigError("schedule: 'cosine' needs training.max_steps or budget_minutes, to know where it "
+                              "reaches its floor")
+        return cosine(peak, warmup, total, floor, anchor)
     raise ConfigError(f"schedule: {name!r} is not allowed; choose one of 'inverse_sqrt', 'cosine', 'constant'")
+
+
+def plan_budget(budget_seconds: float, elapsed: float, step: int, step_seconds: float, eval_seconds: float,
+                evaluations: int, eval_every: int, snapshot_every: int, averaged: bool, max_steps: int | None) -> int:
+    """The most steps (in all) whose training and evaluations fit in what is left of a time budget.
+
+    Measured so far: `elapsed` seconds for `step` steps, `step_seconds` a step and `eval_seconds` an
+    evaluation. Evaluations come at `evaluations` evenly spread points of the plan (the last at its end),
+    or every `eval_every` steps and at the end; the averaged weights are evaluated once more. The plan
+    ends on a snapshot, so the snapshots averaged are the last ones.
+    """
+    left = 0.98 * budget_seconds - elapsed  # a little slack: steps vary
+
+    def cost(total: int) -> float:
+        if evaluations:
+            evals = sum(1 for k in range(1, evaluations + 1) if round(total * k / evaluations) > step)
+        else:
+            evals = (total // eval_every - step // eval_every if eval_every else 0) + 1
+        return (total - step) * step_seconds + (evals + int(averaged)) * eval_seconds
+
+    low, high = step, step + max(1, int(left / max(step_seconds, 1e-9))) + 1
+    if max_steps:
+        high = max(low, min(high, max_steps))
+    while low < high:  # the largest total with cost(total) <= left
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if cost(mid) <= left else (low, mid - 1)
+    if snapshot_every and averaged and low - low % snapshot_every > step:
+        low -= low % snapshot_every
+    return low

@@ -1,45 +1,35 @@
 """One training loop for every family and objective.
 
-Adam with warmup, optional bfloat16 autocast, gradient accumulation and clipping; evaluation every N
-steps with the best checkpoint kept; weight snapshots averaged at the end (the paper averaged its last
-checkpoints); a progress bar and metrics.jsonl. A run folder can always be resumed: `last/` holds the
-model, the optimizer, the RNG states and the position in the data, so the resumed run continues with
-exactly the losses the uninterrupted run would have had (bit for bit on the CPU).
+AdamW with warmup, bfloat16 autocast where the machine runs it natively, gradient accumulation and
+clipping; evaluation every N steps with the best checkpoint kept; weight snapshots averaged at the end
+(the paper averaged its last checkpoints); a progress bar and metrics.jsonl. With a time budget, the
+first steps are timed and the whole schedule is sized to end inside it on this machine. A run folder can
+always be resumed: last/ holds the model, the optimizer, the RNG states and the position in the data, so
+the resumed run continues with exactly the losses the uninterrupted run would have had (bit for bit on
+the CPU).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import json
 import math
-import random
 import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Protocol, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import CheckpointError, ConfigError, TransformerkitError
-from ..runtime import keep_freed_memory
+from .. import runtime
+from ..config import Config, require
+from ..errors import CheckpointError, ConfigError, DataError, Interrupted, TrainingError
 from . import distributed
-from .checkpoint import atomic_folder, write_model
-from .schedules import make_schedule
+from .run_folder import RunFolder, seed_everything
+from .schedules import SCHEDULES, cosine_progress, make_schedule, plan_budget
 
-STATE_FILE = "trainer_state.pt"
-
-
-class TrainingError(TransformerkitError):
-    """Training cannot go on (a NaN loss); the message says where the last good checkpoint is."""
-
-
-class Interrupted(TransformerkitError):
-    """Ctrl-C: a checkpoint was saved; the message says how to resume."""
+PLAN_AFTER_STEPS = 30  # a budgeted run times this many steps (or 5% of its budget) before it fixes its plan
 
 
 class Batch(Protocol):
@@ -57,41 +47,66 @@ class TrainingData(Protocol):
 Objective = Callable[[nn.Module, Any], tuple[Tensor, int]]
 
 
-@dataclass
-class TrainConfig:
-    """How to train; every field can be set in a recipe's [training] table."""
+@dataclass(frozen=True)
+class TrainConfig(Config):
+    """How to train; every field can be set in a recipe's [training] table. Types and ranges are checked on
+    construction (config.py), so a bad value fails before anything is trained."""
+
+    KIND: ClassVar[str] = "key"
 
     lr: float = 5e-4  # peak learning rate, reached at the end of warmup
     schedule: str = "inverse_sqrt"  # inverse_sqrt (2017 paper), cosine, constant
     warmup_steps: int = 4000
-    min_lr: float = 0.0  # cosine: the floor reached at max_steps
+    min_lr: float = 0.0  # cosine: the floor reached at the last step
     betas: tuple[float, float] = (0.9, 0.98)  # the paper's Adam betas: a short memory for the second moment
     eps: float = 1e-9
     weight_decay: float = 0.0  # decoupled (AdamW) when above 0
     clip_norm: float = 1.0  # clip the global gradient norm; 0 disables
     accumulate: int = 1  # batches per optimizer step
-    max_steps: int | None = None
+    max_steps: int | None = None  # with a budget: the most steps the plan may take
     max_epochs: int | None = None
-    max_minutes: float | None = None  # wall-clock budget of the whole run, evaluations included
-    bf16: bool = False  # bfloat16 autocast (AMX on recent Intel CPUs, tensor cores on GPUs)
+    max_minutes: float | None = None  # a hard stop on the whole run's wall clock, evaluations included
+    budget_minutes: float | None = None  # size the schedule (steps, warmup, decay, averaging) to end within this
+    evaluations: int = 0  # with a budget: this many evaluations spread over the plan (0: every eval_every steps)
+    precision: str = "auto"  # auto: bfloat16 autocast only where this machine multiplies it natively and faster
+    bf16: bool | None = None  # the older switch: true is precision "bf16", false "fp32"
     compile: bool = False  # torch.compile the forward and loss
     seed: int = 1
     log_every: int = 50
     eval_every: int = 1000
     snapshot_every: int = 0  # keep the weights every N steps for averaging; 0 disables
     average_last: int = 0  # average the last K snapshots into averaged/ at the end; 0 disables
+    checkpoint_minutes: float = 10.0  # save last/ at least this often (besides evaluations and Ctrl-C); 0: never
     patience: int = 0  # stop after this many evaluations without improvement; 0 never stops early
     fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
     collective_timeout: int = 600  # seconds before a collective with a dead or stuck rank fails the run
 
-    def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)  # TOML gives lists
-        if not (self.max_steps or self.max_epochs or self.max_minutes):
-            raise ConfigError("training: set at least one of max_steps, max_epochs, max_minutes")
-        if self.accumulate < 1:
-            raise ConfigError(f"accumulate: {self.accumulate} is not allowed; it must be at least 1")
+    def validate(self) -> None:
+        if not (self.max_steps or self.max_epochs or self.max_minutes or self.budget_minutes):
+            raise ConfigError("set at least one of max_steps, max_epochs, max_minutes, budget_minutes")
+        for name in ("lr", "eps"):
+            require(self, name, getattr(self, name) > 0, "positive")
+        for name in ("accumulate", "log_every"):
+            require(self, name, getattr(self, name) >= 1, "at least 1")
+        for name in ("max_steps", "max_epochs"):
+            require(self, name, getattr(self, name) is None or getattr(self, name) >= 1, "at least 1 (or unset)")
+        for name in ("max_minutes", "budget_minutes"):
+            require(self, name, getattr(self, name) is None or getattr(self, name) > 0, "positive (or unset)")
+        for name in ("warmup_steps", "evaluations", "eval_every", "snapshot_every", "average_last", "patience",
+                     "min_lr", "weight_decay", "clip_norm", "checkpoint_minutes"):
+            require(self, name, getattr(self, name) >= 0, "0 or more")
+        require(self, "betas", all(0 <= b < 1 for b in self.betas), "two numbers in [0, 1)")
+        require(self, "schedule", self.schedule in SCHEDULES, f"one of {', '.join(map(repr, SCHEDULES))}")
+        require(self, "precision", self.precision in runtime.PRECISIONS,
+                f"one of {', '.join(map(repr, runtime.PRECISIONS))}")
+        require(self, "collective_timeout", self.collective_timeout >= 1, "at least 1 second")
         if self.average_last and not self.snapshot_every:
             raise ConfigError("average_last: needs snapshot_every, the interval between averaged snapshots")
+        if self.bf16 is not None:  # the older switch, kept working: it becomes a precision
+            legacy = "bf16" if self.bf16 else "fp32"
+            require(self, "bf16", self.precision in ("auto", legacy), f"unset when precision is {self.precision!r}")
+            object.__setattr__(self, "precision", legacy)
+            object.__setattr__(self, "bf16", None)
 
 
 @dataclass
@@ -106,25 +121,29 @@ class Progress:
     best: float | None = None
     evals_without_improvement: int = 0
     snapshots: list[int] = field(default_factory=list)
+    plan: dict[str, Any] | None = None  # a budgeted run's plan: planned_steps, warmup_steps, eval_every
 
 
 class Trainer:
-    """Train `model` on `data` with `objective`, writing a run folder; see the module docstring."""
+    """Train `model` on `data` with `objective`, writing a run folder; see the module docstring.
+
+    `floor` is the validation score (of `select`) a model must pass to count as having learned anything.
+    """
 
     def __init__(self, model: nn.Module, data: TrainingData, objective: Objective, config: TrainConfig,
-                 run_dir: str | Path, evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
-                 select: str = "val_loss", device: torch.device | str = "cpu", progress_bar: bool = True):
-        keep_freed_memory()
+                 run_dir, evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+                 select: str = "val_loss", device: torch.device | str = "cpu", progress_bar: bool = True,
+                 floor: float | None = None):
+        runtime.keep_freed_memory()
         self.place = distributed.setup(torch.device(device), config.collective_timeout)
         self.device = distributed.device_for(device, self.place)
         self.model, self.data, self.objective, self.config = model.to(self.device), data, objective, config
-        self.run_dir, self.evaluate, self.select = Path(run_dir), evaluate, select
+        self.folder = RunFolder(run_dir, writer=self.place.is_main)
+        self.run_dir, self.evaluate, self.select, self.floor = self.folder.path, evaluate, select, floor
         self.progress_bar = progress_bar and self.place.is_main
-        self.lr_at = make_schedule(config.schedule, config.lr, config.warmup_steps, config.max_steps, config.min_lr)
-        # FSDP shards the model's parameters in place; rank 0 evaluates and saves a whole copy, refreshed from
-        # the shards when needed. Without FSDP the whole model is the model.
-        self.whole = copy.deepcopy(self.model) if config.fsdp and self.place.is_main else self.model
-        self._whole_step = -1
+        width = getattr(model.config, "d_model", None) or getattr(model.config, "hidden_size", 256)
+        self.precision = runtime.choose_precision(config.precision, self.device, width)
+        self.whole = distributed.WholeModel(self.model, config.fsdp, self.place.is_main)
         self.loss_module = distributed.wrap(distributed.LossModule(model, objective), self.device, self.place,
                                             config.fsdp)
         decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -135,28 +154,41 @@ class Trainer:
         if config.compile:
             self.loss_module = torch.compile(self.loss_module, dynamic=True)
         self.progress = Progress()
-        self._stop_requested = False
+        self._saved_step, self._saved_at = 0, 0.0  # where last/ is, in steps and seconds of training
+        self._stop_requested, self._stop_signal = False, signal.SIGINT
+        self._set_schedule()
 
     # ------------------------------------------------------------------------------------------ loop
 
-    def fit(self, resume: bool = False) -> dict[str, Any]:
-        """Train until a limit is reached; returns the final summary (also the last line of metrics.jsonl)."""
-        c, p = self.config, self.progress
+    def fit(self, resume: bool = False, changes: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Train until a limit is reached; returns the final summary (also the last line of metrics.jsonl).
+
+        `changes`: what a resumed run's recipe changed (recorded in metrics.jsonl)."""
+        c = self.config
+        self.folder.create()
         if resume:
             self._restore()
-            p = self.progress
+            self.folder.truncate_metrics(self.progress.step)
         else:
             seed_everything(c.seed + self.place.rank)  # each rank draws its own dropout masks
-        if self.place.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._announce(resume, changes)
+        if not resume:  # a run that stops before its first evaluation can still be resumed
+            self._save_last()
+        p = self.progress
         self.model.to(self.device).train()
         self._clock = (time.perf_counter(), p.elapsed)  # (session start, seconds before this session)
+        self._timing_from: tuple[int, float] | None = None  # (step, elapsed) where a budget starts timing steps
+        self._eval_time, self._evals = 0.0, 0  # seconds spent evaluating since then, and how many times
         self._window = _Window()
-        bar = self._bar()
+        self._set_schedule()
+        self.bar = self._bar()
         reason = self._limit_reached()  # a resumed run may have nothing left to do
-        with self._sigint():
+        with self._signals():
             while reason is None:
                 batches = self.data.batches(p.epoch)
+                if len(batches) < self.place.size:  # an epoch without a step would loop forever
+                    raise DataError(f"epoch {p.epoch} has {len(batches)} training batches, too few for "
+                                    f"{self.place.size} process(es): is the training data empty?")
                 per_step = c.accumulate * self.place.size  # every rank takes `accumulate` batches a step
                 while reason is None and p.batch_index < len(batches):
                     end = min(len(batches), p.batch_index + per_step)
@@ -164,54 +196,64 @@ class Trainer:
                         p.batch_index = len(batches)
                         break
                     mine = [batches[i] for i in range(p.batch_index + self.place.rank, end, self.place.size)]
-                    loss, tokens = self._step(mine)
+                    loss, tokens = self.step(mine)
                     p.batch_index, p.step = end, p.step + 1
-                    reason = self._after_step(loss, tokens, bar)
+                    reason = self._after_step(loss, tokens)
                 if p.batch_index >= len(batches):
                     p.epoch, p.batch_index = p.epoch + 1, 0
                     if reason is None and c.max_epochs and p.epoch >= c.max_epochs:
                         reason = "max_epochs"
                         self._evaluate_and_save()
-        bar.close()
+        self.bar.close()
         summary = self._finish(reason)
         distributed.barrier()
         return summary
 
-    def _after_step(self, loss: float, tokens: int, bar) -> str | None:
-        """Bookkeeping after an optimizer step: log, snapshot, evaluate, save; returns why to stop, if so."""
+    def _after_step(self, loss: float, tokens: int) -> str | None:
+        """Bookkeeping after an optimizer step: log, plan, snapshot, evaluate, save; returns why to stop, if so."""
         c, p = self.config, self.progress
-        start, before = self._clock
+        self._tick()
         p.tokens += tokens
-        p.elapsed = before + time.perf_counter() - start
         self._window.add(loss, tokens)
-        if c.max_steps or c.max_epochs:
-            bar.update(1)
+        if self._counts_steps():
+            self.bar.update(1)
         if p.step % c.log_every == 0:
             record = {"step": p.step, "epoch": p.epoch, "loss": self._window.mean_loss(), "lr": self.lr_at(p.step),
                       "tokens_per_second": self._window.tokens_per_second(), "elapsed": p.elapsed}
             self._log(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
-                            tok_s=f"{record['tokens_per_second']:.0f}", epoch=p.epoch)
-            if not (c.max_steps or c.max_epochs):
-                bar.update(min(bar.total, int(p.elapsed)) - bar.n)
+            self.bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
+                                 tok_s=f"{record['tokens_per_second']:.0f}", epoch=p.epoch)
+            if not self._counts_steps():
+                self.bar.update(min(self.bar.total, int(p.elapsed)) - self.bar.n)
             self._window = _Window()
-        if c.snapshot_every and p.step % c.snapshot_every == 0:
+        if c.snapshot_every and p.step % c.snapshot_every == 0 and self._snapshot_is_kept():
             self._snapshot()
+        planned_now = self._plan_if_due()
         reason = self._limit_reached()
-        if self.place.size > 1:  # every rank must stop at the same step, or the others wait forever
-            out_of_time, interrupted = distributed.all_reduce_sums(
-                float(reason == "max_minutes"), float(self._stop_requested), device=self.device)
+        save_due = bool(c.checkpoint_minutes) and p.elapsed - self._saved_at >= 60 * c.checkpoint_minutes
+        if self.place.size > 1:  # every rank must stop (and save) at the same step, or the others wait forever
+            out_of_time, interrupted, save_due = distributed.all_reduce_sums(
+                float(reason == "max_minutes"), float(self._stop_requested), float(save_due), device=self.device)
             reason = reason or ("max_minutes" if out_of_time else None)
             self._stop_requested = bool(interrupted)
         if self._stop_requested:
             self._save_last()
-            raise Interrupted(f"interrupted at step {p.step}; saved {self.run_dir / 'last'}; continue with: "
-                              f"transformerkit train --resume {self.run_dir}")
-        if (c.eval_every and p.step % c.eval_every == 0) or reason:
+            raise Interrupted(f"interrupted at step {p.step}; saved {self.run_dir / 'last'}; resume with: "
+                              f"transformerkit train --resume {self.run_dir}", self._stop_signal)
+        if not planned_now and (self._evaluation_due() or reason):
             reason = self._evaluate_and_save() or reason
+            if reason is None and p.plan is not None:
+                self._replan()
+                reason = self._limit_reached()
+        elif save_due:  # a resumable checkpoint at least every checkpoint_minutes, not only at evaluations
+            self._save_last()
         return reason
 
-    def _step(self, group: list[Batch]) -> tuple[float, int]:
+    def _tick(self) -> None:
+        start, before = self._clock
+        self.progress.elapsed = before + time.perf_counter() - start
+
+    def step(self, group: list[Batch]) -> tuple[float, int]:
         """One optimizer step over this rank's batches (accumulated); returns the mean loss per token and the
         tokens read, both over all ranks.
 
@@ -233,9 +275,7 @@ class Trainer:
         loss_sum, counted, tokens = distributed.all_reduce_sums(loss_sum, counted, tokens, device=self.device)
         loss_value = loss_sum / max(1, counted)
         if not math.isfinite(loss_value):
-            raise TrainingError(f"the loss became {loss_value} at step {self.progress.step + 1}; stopped. The last "
-                                f"good checkpoint is {self.run_dir / 'last'} (lower the learning rate or enable "
-                                "gradient clipping, then resume or restart)")
+            self._diverged(f"the training loss became {loss_value} at step {self.progress.step + 1}")
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         torch._foreach_mul_(grads, self.place.size / max(1, counted))
         if c.clip_norm:
@@ -245,17 +285,100 @@ class Trainer:
         return loss_value, int(tokens)
 
     def _autocast(self):
-        if not self.config.bf16:
+        if not self.precision.bf16:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def _limit_reached(self) -> str | None:
         c, p = self.config, self.progress
+        if p.plan and p.step >= p.plan["planned_steps"]:
+            return "budget"
         if c.max_steps and p.step >= c.max_steps:
             return "max_steps"
         if c.max_minutes and p.elapsed >= 60 * c.max_minutes:
             return "max_minutes"
         return None
+
+    # ------------------------------------------------------------------------------------------ time budget
+
+    def _plan_if_due(self) -> bool:
+        """A budgeted run times its first steps, evaluates once (timed too), then fixes how many steps the whole
+        schedule may take so that it ends inside the budget. Returns True on the step the plan was made."""
+        c, p = self.config, self.progress
+        if not c.budget_minutes:
+            return False
+        if self._timing_from is None:  # the first step of a session pays for warm-up: time from the next one
+            self._timing_from, self._eval_time, self._evals = (p.step, p.elapsed), 0.0, 0
+            return False
+        if p.plan is not None:
+            return False
+        timed = p.step - self._timing_from[0]
+        if timed < PLAN_AFTER_STEPS and (timed < 3 or p.elapsed < 0.05 * 60 * c.budget_minutes):
+            return False
+        self._evaluate_and_save()
+        total = self._budget_total()
+        p.plan = {"planned_steps": total, "warmup_steps": min(c.warmup_steps, max(1, total // 4)), "anchor": None}
+        self._plan_changed(f"budget {c.budget_minutes:g} min: {total} steps fit (warmup {p.plan['warmup_steps']})")
+        return True
+
+    def _replan(self) -> None:
+        """After each evaluation of a budgeted run, size what is left of the schedule to the time that is left,
+        at the speed measured so far: machines are noisy, and the first steps are not every step. A cosine
+        decay under way continues from where it is (schedules.cosine's anchor), so the rate never jumps."""
+        p = self.progress
+        if self._timing_from is None:  # resumed right at an evaluation: nothing timed in this session yet
+            return
+        old, total = p.plan, self._budget_total()
+        if total == old["planned_steps"]:
+            return
+        progress = cosine_progress(old["warmup_steps"], old["planned_steps"], p.step, old["anchor"])
+        anchor = [p.step, progress] if p.step >= old["warmup_steps"] else old["anchor"]
+        p.plan = {**old, "planned_steps": total, "anchor": anchor}
+        self._plan_changed(f"re-planned: {total} steps fit in what is left of the budget")
+
+    def _budget_total(self) -> int:
+        """The plan's length from the speed measured in this session: steps, and evaluations apart."""
+        c, p = self.config, self.progress
+        first_step, first_elapsed = self._timing_from
+        self._tick()
+        self._step_seconds = max(1e-6, (p.elapsed - first_elapsed - self._eval_time) / max(1, p.step - first_step))
+        self._eval_seconds = self._eval_time / max(1, self._evals) if self.evaluate is not None else 0.0
+        return plan_budget(60 * c.budget_minutes, p.elapsed, p.step, self._step_seconds, self._eval_seconds,
+                           c.evaluations, c.eval_every, c.snapshot_every, bool(c.average_last), c.max_steps)
+
+    def _plan_changed(self, message: str) -> None:
+        p = self.progress
+        self._set_schedule()
+        self.bar.total = p.plan["planned_steps"]
+        self.bar.refresh()
+        self._log({"step": p.step, **p.plan, "budget_minutes": self.config.budget_minutes,
+                   "step_seconds": self._step_seconds, "eval_seconds": self._eval_seconds, "elapsed": p.elapsed})
+        self._print(f"{message} ({self._step_seconds:.2f} s a step, {self._eval_seconds:.1f} s an evaluation)")
+
+    def _set_schedule(self) -> None:
+        c, plan = self.config, self.progress.plan
+        if plan is not None:
+            self.lr_at = make_schedule(c.schedule, c.lr, plan["warmup_steps"], plan["planned_steps"], c.min_lr,
+                                       plan["anchor"])
+        elif c.budget_minutes and c.schedule == "cosine":  # before the plan: warm up; the decay comes with it
+            self.lr_at = make_schedule("constant", c.lr, c.warmup_steps, None, c.min_lr)
+        else:
+            self.lr_at = make_schedule(c.schedule, c.lr, c.warmup_steps, c.max_steps, c.min_lr)
+
+    def _evaluation_due(self) -> bool:
+        """Every eval_every steps; with a budget, at `evaluations` points spread over the plan (the last at its
+        end), once the plan exists (planning evaluates first)."""
+        c, p = self.config, self.progress
+        if c.budget_minutes and p.plan is None:
+            return False
+        if c.budget_minutes and c.evaluations:
+            total = p.plan["planned_steps"]
+            return any(round(total * k / c.evaluations) == p.step for k in range(1, c.evaluations + 1))
+        return bool(c.eval_every) and p.step % c.eval_every == 0
+
+    def _counts_steps(self) -> bool:
+        c = self.config
+        return bool(c.max_steps or c.max_epochs or c.budget_minutes)
 
     # ------------------------------------------------------------------------------------------ evaluation
 
@@ -263,20 +386,15 @@ class Trainer:
         """Evaluate, keep the best checkpoint, save last/; returns 'patience' when it is time to stop."""
         p, c = self.progress, self.config
         stop = None
-        self._refresh_whole()
+        whole = self.whole.at(p.step)
         if self.evaluate is not None and self.place.is_main:
-            start = time.perf_counter()
-            self.whole.eval()
-            with torch.no_grad(), self._autocast():
-                metrics = self.evaluate(self.whole)
-            self.whole.train()
-            self._log({"step": p.step, "epoch": p.epoch, **metrics, "eval_seconds": time.perf_counter() - start,
-                       "elapsed": p.elapsed})
+            metrics = self._evaluate(whole, {"step": p.step, "epoch": p.epoch})
             value = metrics[self.select]
-            better = p.best is None or (value < p.best if "loss" in self.select else value > p.best)
+            better = p.best is None or (value < p.best if self._lower_is_better() else value > p.best)
             if better:
                 p.best, p.evals_without_improvement = value, 0
-                self._save_model(self.run_dir / "best")
+                self._check_finite(whole)
+                self.folder.save_model("best", whole)
             else:
                 p.evals_without_improvement += 1
                 if c.patience and p.evals_without_improvement >= c.patience:
@@ -287,121 +405,136 @@ class Trainer:
             stop = "patience" if distributed.all_reduce_sums(float(stop == "patience"), device=self.device)[0] else None
         return stop
 
+    def _evaluate(self, model: nn.Module, record: dict[str, Any]) -> dict[str, float]:
+        """Run the task's evaluation on `model` (in eval mode, in the run's precision) and log it; a validation
+        score that is not a number stops the run before anything is saved."""
+        start = time.perf_counter()
+        model.eval()
+        with torch.no_grad(), self._autocast():
+            metrics = self.evaluate(model)
+        model.train()
+        seconds = time.perf_counter() - start
+        self._eval_time, self._evals = self._eval_time + seconds, self._evals + 1
+        self._log({**record, **metrics, "eval_seconds": seconds, "elapsed": self.progress.elapsed})
+        broken = [k for k, v in metrics.items() if not math.isfinite(v)]
+        if broken:
+            self._diverged(f"the validation {broken[0]} became {metrics[broken[0]]} at step {self.progress.step}")
+        return metrics
+
+    def _diverged(self, what: str) -> None:
+        """Stop a run whose numbers are no longer numbers, pointing at the newest checkpoint (always finite:
+        nothing is saved from weights that are not) and at the way back."""
+        lr = self.config.lr / 10
+        raise TrainingError(f"{what}; stopped. The newest checkpoint, {self.run_dir / 'last'} (step "
+                            f"{self._saved_step}), is finite; resume it with a lower learning rate: transformerkit "
+                            f"train --resume {self.run_dir} --set training.lr={lr:.3g}")
+
+    def _check_finite(self, model: nn.Module) -> None:
+        bad = next((name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+        if bad is not None:
+            self._diverged(f"the weights became non-finite ({bad}) by step {self.progress.step}")
+
+    def _lower_is_better(self) -> bool:
+        return "loss" in self.select
+
     # ------------------------------------------------------------------------------------------ checkpoints
 
-    def _save_model(self, folder: Path, extra: Callable[[Path], None] | None = None) -> None:
-        if not self.place.is_main:
-            return
-        with atomic_folder(folder) as tmp:
-            write_model(self.whole, tmp)
-            if extra:
-                extra(tmp)
-
     def _save_last(self) -> None:
-        self._refresh_whole()
-        optimizer = (distributed.gather_optimizer_state(self.model, self.optimizer) if self.config.fsdp
-                     else self.optimizer.state_dict())
-
-        def state(tmp: Path) -> None:
-            torch.save({"progress": asdict(self.progress), "optimizer": optimizer, "fsdp": self.config.fsdp,
-                        "rng": _rng_state(), "config": asdict(self.config)}, tmp / STATE_FILE)
-
-        self._save_model(self.run_dir / "last", state)
+        """last/, the resumable checkpoint: only ever from finite weights."""
+        whole = self.whole.at(self.progress.step)
+        if self.place.is_main:
+            self._check_finite(whole)
+        optimizer = self.whole.optimizer_state(self.optimizer)
+        self.folder.save_last(whole, {"progress": asdict(self.progress), "optimizer": optimizer,
+                                      "fsdp": self.config.fsdp, "config": self.config.to_dict()})
+        self._saved_step, self._saved_at = self.progress.step, self.progress.elapsed
 
     def _restore(self) -> None:
-        from safetensors.torch import load_file
-
-        from .checkpoint import load_weights
-
-        last = self.run_dir / "last"
-        if not (last / STATE_FILE).exists():
-            raise CheckpointError(f"{self.run_dir}: nothing to resume (no last/{STATE_FILE})")
-        state = torch.load(last / STATE_FILE, map_location="cpu", weights_only=False)
+        weights, state = self.folder.read_last()
         if state.get("fsdp", False) != self.config.fsdp:
             raise CheckpointError(f"{self.run_dir}: the run was saved {'with' if state.get('fsdp') else 'without'} "
                                   "--fsdp; resume it the same way (the optimizer state is stored differently)")
-        weights = load_file(last / "model.safetensors")
-        if self.config.fsdp:
-            distributed.load_sharded(self.model, self.optimizer, weights, state["optimizer"])
-        else:
-            load_weights(self.model, weights, str(last))
-            self.model.to(self.device)
-            self.optimizer.load_state_dict(state["optimizer"])
+        self.whole.load(weights, self.optimizer, state["optimizer"], self.device)
         self.progress = Progress(**state["progress"])
-        _set_rng_state(state["rng"])
+        self._saved_step, self._saved_at = self.progress.step, self.progress.elapsed
         self._print(f"resumed {self.run_dir} at step {self.progress.step} (epoch {self.progress.epoch})")
 
-    def _snapshot(self) -> None:
-        from safetensors.torch import save_model
+    def _snapshot_is_kept(self) -> bool:
+        """Where the last step is known (a plan, max_steps), snapshots too early to be averaged are not written."""
+        c, p = self.config, self.progress
+        end = p.plan["planned_steps"] if p.plan else (None if c.budget_minutes else c.max_steps)
+        return end is None or p.step > end - max(1, c.average_last) * c.snapshot_every
 
-        self.progress.snapshots.append(self.progress.step)
-        keep = max(1, self.config.average_last)
-        dropped, self.progress.snapshots = self.progress.snapshots[:-keep], self.progress.snapshots[-keep:]
-        self._refresh_whole()
-        if not self.place.is_main:
-            return
-        folder = self.run_dir / "snapshots"
-        folder.mkdir(exist_ok=True)
-        path = folder / f"step-{self.progress.step:08d}.safetensors"
-        tmp = path.with_suffix(".tmp")
-        save_model(self.whole, str(tmp))
-        tmp.replace(path)
-        for old in dropped:
-            (folder / f"step-{old:08d}.safetensors").unlink(missing_ok=True)
+    def _snapshot(self) -> None:
+        p = self.progress
+        whole = self.whole.at(p.step)
+        if self.place.is_main:
+            self._check_finite(whole)
+        p.snapshots = [*p.snapshots, p.step][-max(1, self.config.average_last):]
+        self.folder.snapshot(whole, p.step, keep=p.snapshots)
 
     def _finish(self, reason: str | None) -> dict[str, Any]:
         c, p = self.config, self.progress
-        self._refresh_whole()
+        whole = self.whole.at(p.step)
         if c.average_last and p.snapshots and self.place.is_main:
-            self._average()
+            self._average(whole)
+        planned = p.plan["planned_steps"] if p.plan else c.max_steps
         summary = {"finished": reason, "step": p.step, "epoch": p.epoch, "tokens": p.tokens,
                    "train_seconds": p.elapsed, "tokens_per_second": p.tokens / max(p.elapsed, 1e-9),
-                   "best": p.best, "select": self.select}
+                   "best": p.best, "select": self.select, "precision": self.precision.name,
+                   "planned_steps": planned, "budget_minutes": c.budget_minutes}
+        warnings = self._failure_warnings(reason, planned, summary["tokens_per_second"])
+        summary["learned"] = not warnings
         self._log({"summary": summary})
         self._print(f"finished ({reason}) at step {p.step} after {p.elapsed / 60:.1f} min; best {self.select} "
                     f"= {p.best}")
+        for warning in warnings:
+            self._print(f"warning: {warning}")
         return summary
 
-    def _average(self) -> None:
+    def _failure_warnings(self, reason: str | None, planned: int | None, tokens_per_second: float) -> list[str]:
+        """Why this run probably did not learn, in words (empty when it did): a stop long before its plan, or a
+        validation score that never passed the task's floor."""
+        p = self.progress
+        speed = f"this machine trained at {tokens_per_second:,.0f} tokens/s in {self.precision.name}"
+        warnings = []
+        if reason == "max_minutes" and planned and p.step < planned / 5:
+            warnings.append(f"max_minutes stopped the run at step {p.step} of {planned} planned "
+                            f"({100 * p.step / planned:.0f}%), too early to learn: {speed}")
+        if self.floor is not None and self.evaluate is not None:
+            learned = p.best is not None and (p.best < self.floor if self._lower_is_better() else p.best > self.floor)
+            if not learned:
+                warnings.append(f"the validation {self.select} ({p.best if p.best is None else f'{p.best:.4g}'}) "
+                                f"never passed {self.floor:g}: the model did not learn; {speed}")
+        return warnings
+
+    def _average(self, whole: nn.Module) -> None:
         """averaged/: the mean of the last snapshots' weights, a cheap ensemble (Vaswani et al., 2017, 6.1)."""
-        from safetensors.torch import load_file
-
-        files = [self.run_dir / "snapshots" / f"step-{s:08d}.safetensors" for s in self.progress.snapshots]
-        current = {k: v.detach().clone() for k, v in self.whole.state_dict().items()}
-        total = {k: torch.zeros_like(v, dtype=torch.float32) for k, v in current.items()}
-        for file in files:
-            weights = load_file(file)
-            for k in total:
-                total[k] += weights.get(k, current[k]).float()
-        self.whole.load_state_dict({k: (v / len(files)).to(current[k].dtype) for k, v in total.items()})
-        metrics = {}
+        steps = self.progress.snapshots
+        current = {k: v.detach().clone() for k, v in whole.state_dict().items()}
+        whole.load_state_dict(self.folder.average_snapshots(whole, steps))
         if self.evaluate is not None:
-            self.whole.eval()
-            with torch.no_grad(), self._autocast():
-                metrics = self.evaluate(self.whole)
-            self._log({"step": self.progress.step, "averaged": len(files), **metrics})
-            self._print(f"averaged the last {len(files)} snapshots: "
+            metrics = self._evaluate(whole, {"step": self.progress.step, "averaged": len(steps)})
+            self._print(f"averaged the last {len(steps)} snapshots: "
                         + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-        self._save_model(self.run_dir / "averaged")
-        self.whole.load_state_dict(current)
-
-    def _refresh_whole(self) -> None:
-        """FSDP: gather the shards into rank 0's whole copy. A collective: every rank calls it at the same
-        points, and it runs once per step however many of them ask."""
-        if not self.config.fsdp or self._whole_step == self.progress.step:
-            return
-        weights = distributed.gather_weights(self.model)
-        if self.place.is_main:
-            self.whole.load_state_dict(weights)
-        self._whole_step = self.progress.step
+        self.folder.save_model("averaged", whole)
+        whole.load_state_dict(current)
 
     # ------------------------------------------------------------------------------------------ plumbing
 
+    def _announce(self, resume: bool, changes: dict[str, Any] | None) -> None:
+        """Say, and record as metrics.jsonl's first record of this session, what the machine decided."""
+        threads = runtime.threads_line()
+        self._log({"step": self.progress.step, "resumed": resume, "precision": self.precision.name,
+                   "precision_reason": self.precision.reason, "threads": torch.get_num_threads(),
+                   "device": str(self.device), "machine": runtime.describe_machine(),
+                   **({"changed": changes} if changes else {})})
+        for key, (old, new) in (changes or {}).items():
+            self._print(f"resumed with {key} = {new} (was {old})")
+        self._print(f"precision {self.precision.name} ({self.precision.reason}); {threads}; device {self.device}")
+
     def _log(self, record: dict[str, Any]) -> None:
-        if not self.place.is_main:
-            return
-        with (self.run_dir / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        self.folder.log(record)
 
     def _print(self, message: str) -> None:
         from tqdm import tqdm
@@ -414,33 +547,40 @@ class Trainer:
         from tqdm import tqdm
 
         c, p = self.config, self.progress
-        if c.max_steps:
+        if p.plan:
+            total, initial = p.plan["planned_steps"], p.step
+        elif c.max_steps:
             total, initial = c.max_steps, p.step
         elif c.max_epochs:
             total, initial = c.max_epochs * len(self.data.batches(0)) // c.accumulate, p.step
+        elif c.budget_minutes:
+            total, initial = None, p.step
         else:
             total, initial = int(60 * c.max_minutes), int(p.elapsed)
-        return tqdm(total=total, initial=initial, desc="train", unit="step" if c.max_steps or c.max_epochs else "s",
+        return tqdm(total=total, initial=initial, desc="train", unit="step" if self._counts_steps() else "s",
                     disable=not self.progress_bar, dynamic_ncols=True, file=sys.stderr)
 
     @contextlib.contextmanager
-    def _sigint(self):
-        """First Ctrl-C: finish the step, save, stop. Second: stop at once."""
+    def _signals(self):
+        """Ctrl-C (SIGINT) or SIGTERM (what kill, systemd, Kubernetes and SLURM send): finish the step, save,
+        stop. A second Ctrl-C stops at once."""
         def handler(signum, frame):
-            if self._stop_requested:
+            if self._stop_requested and signum == signal.SIGINT:
                 raise KeyboardInterrupt
-            self._stop_requested = True
-            self._print("interrupt: saving a checkpoint after this step (Ctrl-C again to abandon it)")
+            self._stop_requested, self._stop_signal = True, signum
+            self._print(f"{signal.Signals(signum).name}: saving a checkpoint after this step"
+                        + (" (Ctrl-C again to abandon it)" if signum == signal.SIGINT else ""))
 
         try:
-            previous = signal.signal(signal.SIGINT, handler)
+            previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         except ValueError:  # not the main thread: leave signals alone
             yield
             return
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for s, old in previous.items():
+                signal.signal(s, old)
 
 
 class _Window:
@@ -457,24 +597,3 @@ class _Window:
 
     def tokens_per_second(self) -> float:
         return self.tokens / max(time.perf_counter() - self.start, 1e-9)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,80 @@
+"""What the machine decides: precision (with the probe's answer injected), threads."""
+
+import pytest
+import torch
+
+from transformerkit import runtime
+from transformerkit.errors import ConfigError
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """Pretend to be a machine: native bf16 or not, and how much faster the probe finds bf16."""
+    monkeypatch.delenv(runtime.PRECISION_ENV, raising=False)
+
+    def pretend(native: bool, speedup: float = 1.0):
+        monkeypatch.setattr(runtime, "native_bf16", lambda device="cpu": native)
+        monkeypatch.setattr(runtime, "bf16_speedup", lambda width, device_type="cpu": speedup)
+
+    return pretend
+
+
+def test_auto_picks_bf16_only_where_native_and_faster(machine):
+    machine(native=True, speedup=3.0)
+    assert runtime.choose_precision("auto", "cpu", 128).name == "bf16"
+    machine(native=True, speedup=0.9)  # native but not faster at this width (small matmuls)
+    choice = runtime.choose_precision("auto", "cpu", 128)
+    assert choice.name == "fp32" and "0.90x" in choice.reason
+    machine(native=False, speedup=3.0)  # emulated bf16 is never chosen, whatever a probe says
+    choice = runtime.choose_precision("auto", "cpu", 128)
+    assert choice.name == "fp32" and "no native bfloat16" in choice.reason
+
+
+def test_auto_on_cuda_follows_the_gpu(machine):
+    machine(native=True, speedup=4.0)
+    assert runtime.choose_precision("auto", "cuda", 768).name == "bf16"
+    machine(native=False)
+    assert runtime.choose_precision("auto", "cuda", 768).name == "fp32"
+
+
+def test_an_explicit_request_and_the_environment_win(machine, monkeypatch):
+    machine(native=False)
+    assert runtime.choose_precision("bf16", "cpu", 64).name == "bf16"
+    machine(native=True, speedup=3.0)
+    assert runtime.choose_precision("fp32", "cpu", 64).name == "fp32"
+    monkeypatch.setenv(runtime.PRECISION_ENV, "fp32")
+    choice = runtime.choose_precision("bf16", "cpu", 64)
+    assert choice.name == "fp32" and runtime.PRECISION_ENV in choice.reason
+    monkeypatch.setenv(runtime.PRECISION_ENV, "fp16")
+    with pytest.raises(ConfigError, match=runtime.PRECISION_ENV):
+        runtime.choose_precision("auto", "cpu", 64)
+
+
+def test_native_bf16_reads_the_processor_flags(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2", "fma"})
+    assert not runtime.native_bf16("cpu")
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert runtime.native_bf16("cpu")
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"asimd", "bf16"})  # ARM's BF16 extension
+    assert runtime.native_bf16("cpu")
+
+
+def test_the_probe_measures_a_ratio():
+    speedup = runtime.bf16_speedup(64)
+    assert 0.0 < speedup < 100.0
+
+
+def test_threads_follow_omp_num_threads_then_affinity(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.setattr(runtime, "_threads_reason", None)  # restored afterwards: other tests read it
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert runtime.choose_threads() == (1, "OMP_NUM_THREADS")
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun: two processes share the four cores
+        n, reason = runtime.choose_threads()
+        assert n == 2 and "4 usable cores / 2 processes" in reason
+        assert torch.get_num_threads() == 2 and runtime.threads_line().startswith("2 threads")
+    finally:
+        torch.set_num_threads(before)
