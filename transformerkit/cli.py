@@ -86,6 +86,9 @@ DEVICE = arg("--device", default=None, type=device_name, help="cpu, cuda or mps 
 MODEL = arg("model", metavar="MODEL", help="a checkpoint folder, a run folder or a Hugging Face model folder")
 DTYPE = arg("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
             help="auto (default): bfloat16 only where this machine multiplies it natively and faster")
+QUANTIZE = arg("--quantize", choices=["auto", "gguf", "int8", "int4", "none"], default="auto",
+               help="weight-only quantized layers: auto (default) keeps a GGUF file's own 4-bit weights where this "
+                    "machine's kernels are faster, else none (the exact float model)")
 
 
 def load_for_inference(args: argparse.Namespace, say: bool = False, expect=None):
@@ -96,7 +99,8 @@ def load_for_inference(args: argparse.Namespace, say: bool = False, expect=None)
     from .loading import load
     from .runtime import choose_precision, threads_line
 
-    model = load(args.model, device=args.device)
+    quantize = getattr(args, "quantize", "none")
+    model = load(args.model, device=args.device, quantize=None if quantize == "none" else quantize)
     if expect is not None:
         expect(model)
     device = next(model.parameters()).device
@@ -105,7 +109,9 @@ def load_for_inference(args: argparse.Namespace, say: bool = False, expect=None)
     if precision.bf16:
         model.to(torch.bfloat16)
     if say:
-        print(f"precision {precision.name} ({precision.reason}); {threads_line()}", file=sys.stderr)
+        quantized = model.quantization["kind"] if getattr(model, "quantization", None) else "none"
+        print(f"precision {precision.name} ({precision.reason}); quantized {quantized}; {threads_line()}",
+              file=sys.stderr)
     return model
 
 
@@ -149,6 +155,23 @@ def info(args: argparse.Namespace) -> None:
         tokenizer = getattr(model, attribute, None)
         if tokenizer is not None:
             print(f"{attribute}: {tokenizer.get_vocab_size()} tokens")
+
+
+@command(MODEL, arg("out", metavar="OUT", type=lambda path: writable(path, folder=True), help="the folder to write"),
+         arg("--to", choices=["int8", "int4"], required=True,
+             help="int8: one scale per output row; int4: groups of --group-size (the output layer stays int8)"),
+         arg("--group-size", type=int, choices=[32, 64, 128, 256], default=32))
+def quantize(args: argparse.Namespace) -> None:
+    """Write MODEL with weight-only quantized layers as a checkpoint (safetensors) that loads back by itself."""
+    from .loading import load, resolve
+    from .quantize import quantize_model, weight_bytes
+    from .training.checkpoint import save
+
+    exact = args.to == "int4" and args.group_size == 32 and resolve(args.model).suffix == ".gguf"
+    model = load(args.model, device="cpu", quantize="gguf" if exact else None)  # a GGUF file's 4-bit blocks stay
+    before = weight_bytes(model)
+    save(quantize_model(model, args.to, args.group_size), args.out)
+    print(f"wrote {args.out}: {args.to}, {weight_bytes(model) / 1e6:.1f} MB of tensors (was {before / 1e6:.1f} MB)")
 
 
 @command(MODEL, arg("--to", choices=["hf"], default="hf", help="the format to write (hf: Hugging Face)"),
@@ -203,7 +226,7 @@ def train(args: argparse.Namespace) -> None:
 @command(MODEL, arg("--input", metavar="FILE", help="sentences, one per line (default: stdin)"),
          arg("--beam", type=positive_int, help="beam size (default: the model's, 5)"),
          arg("--greedy", action="store_true", help="greedy decoding (beam 1)"),
-         arg("--length-penalty", type=float, help="GNMT length penalty alpha (default 0.6)"), DTYPE, DEVICE)
+         arg("--length-penalty", type=float, help="GNMT length penalty alpha (default 0.6)"), DTYPE, QUANTIZE, DEVICE)
 def translate(args: argparse.Namespace) -> None:
     """Translate sentences from stdin or a file to stdout, in input order, as batches finish."""
     from .data.datasets import read_lines
@@ -296,7 +319,7 @@ GENERATION = [
     arg("--top-k", type=int, default=0), arg("--top-p", type=float, default=1.0),
     arg("--repetition-penalty", type=float, default=1.0),
     arg("--stop", action="append", default=[], metavar="TEXT", help="stop before this text (repeatable)"),
-    arg("--seed", type=int), DTYPE, DEVICE,
+    arg("--seed", type=int), DTYPE, QUANTIZE, DEVICE,
 ]
 
 
@@ -381,7 +404,7 @@ def _warn_if_truncated(model, sentences: list[str]) -> None:
 @command(MODEL, arg("--input", metavar="FILE", help="sentences, one per line (default: stdin)"),
          arg("--out", metavar="FILE.npy", type=writable,
              help="write a (N, d) float32 array here instead of JSON lines"),
-         arg("--batch-size", type=positive_int, default=64), DTYPE, DEVICE)
+         arg("--batch-size", type=positive_int, default=64), DTYPE, QUANTIZE, DEVICE)
 def embed(args: argparse.Namespace) -> None:
     """Embed sentences with an encoder (e.g. `all-minilm-l6-v2`): one vector per input line (a blank line too),
     as JSON lines or .npy. Inputs longer than the model's context are truncated, with a warning."""
@@ -405,7 +428,7 @@ def embed(args: argparse.Namespace) -> None:
 
 @command(MODEL, arg("--corpus", required=True, metavar="FILE", help="the sentences to rank, one per line"),
          arg("--query", required=True), arg("-k", type=positive_int, default=5, help="how many to show"),
-         arg("--batch-size", type=positive_int, default=64), DTYPE, DEVICE)
+         arg("--batch-size", type=positive_int, default=64), DTYPE, QUANTIZE, DEVICE)
 def similar(args: argparse.Namespace) -> None:
     """Rank a corpus's sentences by cosine similarity to a query."""
     import torch

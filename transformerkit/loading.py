@@ -11,8 +11,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from . import runtime
+from .errors import CheckpointError, ConfigError
 from .interop import huggingface
+from .quantize import quantization_of, quantize_model
 from .runtime import best_device
 from .training.checkpoint import attach_tokenizers, is_checkpoint, load_weights, read_checkpoint
 
@@ -60,12 +62,32 @@ def run_folder_of(path: str | os.PathLike) -> Path | None:
     return None
 
 
-def load(path: str | os.PathLike, device: str | torch.device | None = None,
-         dtype: torch.dtype | None = None) -> nn.Module:
-    """Read a model for inference (eval mode) onto `device` (default: the best available) in `dtype`."""
+QUANTIZE = ("auto", "gguf", "int8", "int4", None)
+
+
+def load(path: str | os.PathLike, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+         quantize: str | None = None) -> nn.Module:
+    """Read a model for inference (eval mode) onto `device` (default: the best available) in `dtype`.
+
+    quantize: None, the exact float model; "int8" or "int4" (groups of 32), weight-only quantized linear
+    layers (quantize.py); "gguf", a GGUF file's own 4-bit blocks kept as they are and the rest in 8 bits;
+    "auto", "gguf" for a GGUF file where this machine's quantized kernels beat float32 on one token, else
+    None. A quantized model computes in float32 (or `dtype`); its kernels take the activations in the dtype
+    they are fastest with here (runtime.quantized_kernel).
+    """
+    if quantize not in QUANTIZE:
+        raise ConfigError(f"quantize: {quantize!r} is not allowed; choose one of auto, gguf, int8, int4 or None")
     folder = resolve(path)
-    if folder.is_file() and folder.suffix == ".gguf":
-        model = load_gguf(folder)
+    device = torch.device(device or best_device())
+    gguf = folder.is_file() and folder.suffix == ".gguf"
+    if quantize == "auto":
+        quantize = "gguf" if gguf and device.type == "cpu" and _quantized_kernels_pay() else None
+    if quantize is not None and device.type != "cpu":
+        raise ConfigError(f"quantize: the quantized layers run on the CPU; load onto {device} with quantize=None")
+    if quantize == "gguf" and not gguf:
+        raise ConfigError(f"quantize='gguf' keeps a GGUF file's own quantization, and {path} is not a GGUF file")
+    if gguf:
+        model = load_gguf(folder, keep_int4=quantize == "gguf")
     elif folder.is_dir() and is_checkpoint(folder):
         model = read_checkpoint(folder)
     elif folder.is_dir() and (folder / "config.json").exists():
@@ -73,7 +95,28 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None,
     else:
         raise CheckpointError(f"{path}: not a transformerkit checkpoint, a run folder, a Hugging Face model folder "
                               "or a GGUF file")
-    return model.to(device=device or best_device(), dtype=dtype).eval()
+    model = model.to(device=device, dtype=dtype).eval()
+    if quantize is not None or quantization_of(model) is not None:
+        finish_quantized(model, "int4" if quantize == "gguf" else quantize)  # a GGUF file's rest: as int4 would
+    return model
+
+
+def finish_quantized(model: nn.Module, kind: str | None) -> None:
+    """Quantize what is still float (all of it for int8/int4; the rest of a GGUF file's model), and give every
+    quantized layer the activation dtype this machine's kernels are fastest with."""
+    from .nn.quantized import Int4Linear, Int8Linear
+
+    if kind is not None:
+        quantize_model(model, kind)  # layers already quantized (a GGUF file's 4-bit blocks) stay as they are
+    width = getattr(model.config, "d_model", 256)
+    dtype, _ = runtime.quantized_kernel(width)
+    for module in model.modules():
+        if isinstance(module, (Int4Linear, Int8Linear)):
+            module.kernel_dtype = dtype
+
+
+def _quantized_kernels_pay() -> bool:
+    return runtime.quantized_kernel(512)[1] >= 1.0
 
 
 def load_hf_folder(folder: Path) -> nn.Module:
@@ -91,13 +134,21 @@ def load_hf_folder(folder: Path) -> nn.Module:
     return model
 
 
-def load_gguf(path: Path) -> nn.Module:
-    """A GGUF file (llama architecture) -> our DecoderOnly, with its tokenizer and chat template."""
-    from .interop.gguf import read_gguf
+def load_gguf(path: Path, keep_int4: bool = False) -> nn.Module:
+    """A GGUF file (llama architecture) -> our DecoderOnly, with its tokenizer and chat template. keep_int4: the
+    file's 4-bit tensors become Int4Linear layers exactly as stored (no dequantizing, no rounding)."""
+    from .interop.gguf import Int4Blocks, read_gguf
     from .models import build_empty_model
+    from .nn.quantized import Int4Linear
 
-    config, weights, tokenizer, chat_template = read_gguf(path)
+    config, weights, tokenizer, chat_template = read_gguf(path, keep_int4)
     model = build_empty_model(config)
-    load_weights(model, weights, str(path))
+    blocks = {name: weights.pop(name) for name in list(weights) if isinstance(weights[name], Int4Blocks)}
+    for name, value in blocks.items():
+        parent_name, _, child = name.removesuffix(".weight").rpartition(".")
+        setattr(model.get_submodule(parent_name), child, Int4Linear.from_q4_1(value.codes, value.d, value.m))
+    kept = {f"{name}.{tensor}" for name, module in model.named_modules() if isinstance(module, Int4Linear)
+            for tensor, _ in module.named_buffers(recurse=False)}
+    load_weights(model, weights, str(path), only=set(model.state_dict()) - kept)
     model.tokenizer, model.chat_template = tokenizer, chat_template
     return model

@@ -101,6 +101,34 @@ def bf16_speedup(width: int, device_type: str = "cpu") -> float:
     return best(x, w) / best(x.bfloat16(), w.bfloat16())
 
 
+@lru_cache(maxsize=None)
+def quantized_kernel(width: int) -> tuple[torch.dtype, float]:
+    """(the activation dtype PyTorch's int4 CPU kernel is fastest with here, its speed-up over a float32 matmul)
+    for one token through a feed-forward-sized layer at this width: a probe of a few milliseconds, once per
+    process. On CPUs measured so far the kernel is fast with bfloat16 activations and falls back to slow code
+    with float32 ones, native bfloat16 or not."""
+    from .nn.quantized import Int4Linear
+
+    width = max(32, width // 32 * 32)
+    weight = torch.randn(4 * width, width) * 0.02
+    layer = Int4Linear.from_float(weight, 32)
+
+    def best(fn) -> float:
+        fn()
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    x = torch.randn(1, width)
+    dense = best(lambda: torch.nn.functional.linear(x, weight))
+    timed = {dtype: best(lambda: layer(x.to(dtype))) for dtype in (torch.float32, torch.bfloat16)}
+    dtype = min(timed, key=timed.get)
+    return dtype, dense / timed[dtype]
+
+
 def choose_precision(requested: str = "auto", device: torch.device | str = "cpu", width: int = 256) -> Precision:
     """Resolve "auto" | "fp32" | "bf16" for this machine; $TRANSFORMERKIT_PRECISION overrides the request.
 

@@ -1,8 +1,7 @@
 """all-MiniLM-L6-v2 through our own code equals sentence-transformers on the same folder."""
 
 import importlib.util
-import subprocess
-import sys
+import json
 
 import pytest
 import torch
@@ -50,32 +49,44 @@ def test_token_ids_equal_the_reference_tokenizer(both):
                                                                           max_length=256)["input_ids"]
 
 
-def run_cli(*argv, stdin=None):
-    return subprocess.run([sys.executable, "-m", "transformerkit", *argv], capture_output=True, text=True, input=stdin)
+@pytest.fixture
+def cli(both, monkeypatch, capsys):
+    """The commands, in-process, on the model this file already loaded (loading itself is tested above)."""
+    from transformerkit import loading
+
+    from ..test_reliability import cli as run
+
+    original = loading.load
+    monkeypatch.setattr(loading, "load", lambda path, device=None, dtype=None:
+                        both[0] if str(path) == "all-minilm-l6-v2" else original(path, device, dtype))
+    return lambda *argv, stdin=None: run(capsys, *argv, stdin=stdin)
 
 
-def test_embed_and_similar_commands(tmp_path):
-    result = run_cli("embed", "all-minilm-l6-v2", "--device", "cpu", stdin="A dog.\nA cat.\n")
-    assert result.returncode == 0, result.stderr
-    assert len(result.stdout.splitlines()) == 2
-    (tmp_path / "corpus.txt").write_text("A dog runs on the beach.\nThe stock market fell.\nA puppy plays in sand.\n")
-    result = run_cli("similar", "all-minilm-l6-v2", "--corpus", str(tmp_path / "corpus.txt"), "--query",
-                     "a dog on the beach", "-k", "2", "--device", "cpu")
-    assert result.returncode == 0, result.stderr
-    assert "A dog runs on the beach." in result.stdout.splitlines()[0]
-    result = run_cli("embed", "all-minilm-l6-v2", "--out", str(tmp_path / "v.npy"), "--device", "cpu",
-                     stdin="word " * 400 + "\n")
-    assert result.returncode == 0 and "truncated" in result.stderr
+def test_embed_and_similar_commands(cli, tmp_path):
     import numpy as np
 
-    assert np.load(tmp_path / "v.npy").shape == (1, 384)
+    code, out, err = cli("embed", "all-minilm-l6-v2", "--device", "cpu", "--dtype", "fp32",
+                         stdin="A dog.\n\n   \nA cat.\n")
+    assert code == 0, err
+    vectors = [json.loads(line) for line in out.splitlines()]
+    assert len(vectors) == 4  # one vector per input line, blank lines too, so rows match lines
+    assert vectors[1] == vectors[2] and vectors[0] != vectors[3]
+    (tmp_path / "corpus.txt").write_text("A dog runs on the beach.\nThe stock market fell.\nA puppy plays in sand.\n")
+    code, out, err = cli("similar", "all-minilm-l6-v2", "--corpus", tmp_path / "corpus.txt", "--query",
+                         "a dog on the beach", "-k", "2", "--device", "cpu", "--dtype", "fp32")
+    assert code == 0, err
+    assert "A dog runs on the beach." in out.splitlines()[0] and len(out.splitlines()) == 2
+    code, out, err = cli("embed", "all-minilm-l6-v2", "--out", tmp_path / "new" / "v.npy", "--device", "cpu",
+                         "--dtype", "fp32", stdin=b"word " * 400 + b"\n\xff\xfe\n")
+    assert code == 0 and "truncated" in err and "not valid UTF-8" in err
+    assert np.load(tmp_path / "new" / "v.npy").shape == (2, 384)
 
 
 @pytest.mark.parametrize("argv, stdin, message", [
     (["embed", "/no/such/model"], "a\n", "no such file"),
     (["embed", "all-minilm-l6-v2"], "\n\n", "the input is empty"),
 ])
-def test_embed_errors_are_one_line(argv, stdin, message):
-    result = run_cli(*argv, "--device", "cpu", stdin=stdin)
-    assert result.returncode == 2 and message in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+def test_embed_errors_are_one_line(cli, argv, stdin, message):
+    code, _, err = cli(*argv, "--device", "cpu", stdin=stdin)
+    assert code == 2 and message in err
+    assert len(err.strip().splitlines()) == 1

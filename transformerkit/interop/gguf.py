@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,22 @@ def unpermute_rope(weight: Tensor, n_heads: int) -> Tensor:
     return weight.reshape(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
-def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], Any, str | None]:
-    """A GGUF file -> (our config, our state dict in float32, a `tokenizers.Tokenizer`, the chat template)."""
+@dataclass
+class Int4Blocks:
+    """A Q4_1 (or Q4_0) tensor kept as it is stored: blocks of 32 weights along each row, w = q d + m."""
+
+    codes: Tensor  # (N, K) uint8 in 0..15
+    d: Tensor  # (N, K / 32) float32
+    m: Tensor  # (N, K / 32) float32
+
+    def rows(self, index: Tensor) -> Int4Blocks:
+        return Int4Blocks(self.codes[index], self.d[index], self.m[index])
+
+
+def read_gguf(path: str | Path, keep_int4: bool = False) -> tuple[ModelConfig, dict[str, Any], Any, str | None]:
+    """A GGUF file -> (our config, our state dict in float32, a `tokenizers.Tokenizer`, the chat template).
+
+    keep_int4: Q4_1 and Q4_0 tensors come back as Int4Blocks, exactly as stored, instead of dequantized."""
     import gguf
 
     try:
@@ -72,13 +87,20 @@ def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], Any, st
     pairs = [(theirs, ours) for ours, theirs in NAME_MAP]
     wanted = [(name, tensor) for tensor in reader.tensors if (name := rename(tensor.name, pairs)) is not None]
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:  # numpy's dequantizing releases the GIL
-        values = pool.map(lambda item: _dequantize(item[1], path), wanted)
+        read = (lambda t: _int4_blocks(t) if t.tensor_type.name in INT4_TYPES else _dequantize(t, path)) \
+            if keep_int4 else (lambda t: _dequantize(t, path))
+        values = pool.map(lambda item: read(item[1]), wanted)
         weights = {name: value for (name, _), value in zip(wanted, values)}
-    for name in weights:
-        if name.endswith("q_proj.weight"):
-            weights[name] = unpermute_rope(weights[name], config.n_heads)
-        elif name.endswith("k_proj.weight"):
-            weights[name] = unpermute_rope(weights[name], config.kv_heads)
+    for name, value in weights.items():
+        heads = config.n_heads if name.endswith("q_proj.weight") else config.kv_heads \
+            if name.endswith("k_proj.weight") else None
+        if heads is None:
+            continue
+        if isinstance(value, Int4Blocks):  # blocks run along rows, so reordering rows moves whole blocks
+            rows = value.codes.shape[0]
+            weights[name] = value.rows(unpermute_rope(torch.arange(rows)[:, None], heads).squeeze(1))
+        else:
+            weights[name] = unpermute_rope(value, heads)
     return config, weights, _tokenizer(meta, path), meta.get("tokenizer.chat_template")
 
 
@@ -138,6 +160,22 @@ def _dequantize(tensor, path) -> Tensor:
     values = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
     shape = tuple(int(n) for n in reversed(tensor.shape))
     return torch.from_numpy(values.reshape(shape).copy())
+
+
+INT4_TYPES = ("Q4_1", "Q4_0")
+
+
+def _int4_blocks(tensor) -> Int4Blocks:
+    """Q4_1 blocks (d fp16, m fp16, 16 bytes: element j in the low nibble of byte j, j + 16 in its high one) or
+    Q4_0 blocks (d fp16, 16 bytes; w = (q - 8) d, so m = -8 d), rows as PyTorch orders them."""
+    rows = int(tensor.shape[-1]) if len(tensor.shape) > 1 else 1
+    q4_1 = tensor.tensor_type.name == "Q4_1"
+    data = np.asarray(tensor.data, dtype=np.uint8).reshape(rows, -1, 20 if q4_1 else 18)  # (N, K / 32, block)
+    d = data[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)  # (N, K / 32)
+    m = data[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32) if q4_1 else -8 * d
+    quants = data[..., 4:20] if q4_1 else data[..., 2:18]  # (N, K / 32, 16)
+    codes = np.concatenate([quants & 15, quants >> 4], axis=-1).reshape(rows, -1)  # (N, K)
+    return Int4Blocks(torch.from_numpy(codes), torch.from_numpy(d), torch.from_numpy(np.ascontiguousarray(m)))
 
 
 def _tokenizer(meta: dict[str, Any], path):

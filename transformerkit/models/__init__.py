@@ -41,7 +41,13 @@ def build_from_header(header: dict[str, Any], folder: Path) -> nn.Module:
         raise CheckpointError(f"{folder}: unknown architecture {architecture!r}; known: transformer, rnn")
     try:
         kind = RNNConfig if architecture == "rnn" else ModelConfig
-        return build_empty_model(kind.from_dict(header["model"]))
+        model = build_empty_model(kind.from_dict(header["model"]))
+        quantization = header.get("quantization")
+        if quantization:  # a quantized checkpoint: the same layers, to be filled with its codes and scales
+            from ..quantize import quantize_model
+
+            quantize_model(model, quantization["kind"], quantization.get("group_size", 32))
+        return model
     except (ConfigError, KeyError, TypeError) as error:
         raise CheckpointError(f"{folder / 'config.json'}: {error}") from None
 

@@ -56,8 +56,8 @@ class DecoderOnly(nn.Module):
         """An empty KV cache for `batch_size` sequences of up to `max_len` tokens (a decoder reads no source)."""
         if source is not None:
             raise ConfigError("a decoder-only model reads no source: feed the prompt with step()")
-        weight = self.lm_head.weight
-        return self.decoder.start(batch_size, max_len, weight.dtype, weight.device)
+        first = next(p for p in self.parameters() if p.is_floating_point())  # the model's dtype, quantized or not
+        return self.decoder.start(batch_size, max_len, first.dtype, first.device)
 
     def step(self, ids: Tensor, state: DecodeState, mask: Tensor | None = None) -> Tensor:
         """Feed the next tokens (B, T) -> logits (B, V) for the token after the last; the state advances by T."""

@@ -54,12 +54,12 @@ def train_recipe(recipe: dict[str, Any] | None, run_dir: str | Path, device: tor
         recipe, changes = resumed_recipe(_read_recipe(run_dir), overrides)
     elif started:
         raise ConfigError(f"{run_dir} already holds a run; continue it with --resume, or choose another --out")
-    else:
-        folder.lock()  # a folder with a recipe but no checkpoint is a start that failed: it is started again
     distributed.barrier()  # every rank has looked at the folder before rank 0 writes into it
     if not resume:  # the model's initial weights depend on the seed alone, not on what ran before
         seed_everything(_integer(recipe, "seed", 1))
-    setup = prepare(recipe, run_dir=run_dir, resume=resume, init=init, device=device)
+    setup = prepare(recipe, run_dir=run_dir, resume=resume, init=init, device=device)  # refusals write nothing
+    if not resume:
+        folder.lock()  # a folder with a recipe but no checkpoint is a start that failed: it is started again
     if place.is_main and (changes or not resume):
         tmp = run_dir / f"{RECIPE_FILE}.tmp"
         tmp.write_text(json.dumps(recipe, indent=2))

@@ -49,6 +49,8 @@ def model_header(model: nn.Module) -> dict[str, Any]:
     model, its task (languages, decoding defaults) so that commands need not be told again."""
     header = {"format": FORMAT, "architecture": getattr(model, "architecture", "transformer"),
               "model": model.config.to_dict()}
+    if getattr(model, "quantization", None):
+        header["quantization"] = model.quantization
     if getattr(model, "task", None):
         header["task"] = model.task
     return header
@@ -113,12 +115,14 @@ def read_checkpoint(folder: Path) -> nn.Module:
     return model
 
 
-def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str,
+                 only: set[str] | None = None) -> None:
     """Copy `weights` into the model; a missing tensor or a shape mismatch is a CheckpointError naming it.
 
-    Tied parameters (one tensor under several names) need only one of their names.
+    Tied parameters (one tensor under several names) need only one of their names. `only`: the model's
+    tensors the weights must fill (the rest are already set, e.g. quantized layers built from a file).
     """
-    expected = model.state_dict()
+    expected = {name: tensor for name, tensor in model.state_dict().items() if only is None or name in only}
     groups: dict[int, list[str]] = {}
     for name, tensor in expected.items():
         groups.setdefault(tensor.data_ptr(), []).append(name)
@@ -133,7 +137,7 @@ def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str
         if len(present) < len(names):
             for name in names:
                 weights.setdefault(name, weights[present[0]])
-    model.load_state_dict({k: v for k, v in weights.items() if k in expected}, strict=True)
+    model.load_state_dict({k: v for k, v in weights.items() if k in expected}, strict=only is None)
 
 
 def attach_tokenizers(model: nn.Module, folder: Path) -> None:

@@ -1,0 +1,160 @@
+"""Weight-only quantized linear layers: what GGUF files hold and what `transformerkit quantize` writes.
+
+A decoding step multiplies one token's activations by every weight of the model, so it is limited by how
+many bytes of weights it reads, not by arithmetic. Storing weights in 8 or 4 bits (with a float scale per
+output row, or per group of 32-256 weights) reads 4-8x fewer bytes; the activations stay in floating
+point. The matmuls are PyTorch's own CPU kernels for this (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`).
+
+    int8, per output row:   w = q * scale                    q in [-127, 127]
+    int4, per group of g:   w = (q - 8) * scale + zero       q in [0, 15], 2 to a byte
+
+GGUF's Q4_1 (blocks of 32: w = q * d + m) is the int4 form exactly, with scale d and zero m + 8d; its Q8_0
+(a scale per block of 32) is re-quantized to one scale per row.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+INT4_INNER_K_TILES = 2  # the packing PyTorch's CPU int4 kernel reads (it must be 2, 4 or 8)
+
+
+class Int8Linear(nn.Module):
+    """y = x W^T (+ b) with W stored as int8 codes and one float scale per output row."""
+
+    def __init__(self, codes: Tensor, scale: Tensor, bias: Tensor | None = None):
+        super().__init__()
+        self.register_buffer("codes", codes.to(torch.int8).contiguous())  # (N, K)
+        self.register_buffer("scale", scale.float().contiguous())  # (N,)
+        self.bias = nn.Parameter(bias.detach().float(), requires_grad=False) if bias is not None else None
+        self.kernel_dtype: torch.dtype | None = None  # the activations' dtype inside the kernel (None: as given)
+
+    @property
+    def in_features(self) -> int:
+        return self.codes.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.codes.shape[0]
+
+    @classmethod
+    def from_float(cls, weight: Tensor, bias: Tensor | None = None) -> Int8Linear:
+        """Symmetric per-row quantization: the row's largest magnitude maps to 127."""
+        weight = weight.detach().float()
+        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127  # (N,)
+        codes = torch.round(weight / scale[:, None]).clamp(-127, 127)
+        return cls(codes, scale, bias)
+
+    def dequantize(self) -> Tensor:
+        return self.codes.float() * self.scale[:, None]  # (N, K)
+
+    def rows(self, ids: Tensor, dtype: torch.dtype) -> Tensor:
+        """Rows `ids` of the weight, dequantized: the embedding lookup of a table tied to this layer."""
+        return (self.codes[ids].to(dtype) * self.scale[ids, None].to(dtype))  # (..., K)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape, dtype = x.shape, self.kernel_dtype or x.dtype
+        flat = x.reshape(-1, shape[-1]).to(dtype)  # (M, K)
+        out = torch.ops.aten._weight_int8pack_mm(flat, self.codes, self.scale.to(dtype)).to(x.dtype)  # (M, N)
+        if self.bias is not None:
+            out = out + self.bias.to(x.dtype)
+        return out.reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per row"
+
+
+class Int4Linear(nn.Module):
+    """y = x W^T (+ b) with W stored as 4-bit codes in groups of `group_size` along the input, each group with
+    its own scale and zero."""
+
+    def __init__(self, codes: Tensor, scale: Tensor, zero: Tensor, group_size: int, bias: Tensor | None = None):
+        super().__init__()
+        N, K = codes.shape
+        if K % group_size or group_size not in (32, 64, 128, 256):
+            raise ValueError(f"int4: group size {group_size} must be 32, 64, 128 or 256 and divide {K}")
+        self.group_size = group_size
+        self.register_buffer("codes", pack_nibbles(codes))  # (N, K / 2) uint8: the portable form that is saved
+        self.register_buffer("scale", scale.float().contiguous())  # (N, K / g)
+        self.register_buffer("zero", zero.float().contiguous())  # (N, K / g)
+        self.bias = nn.Parameter(bias.detach().float(), requires_grad=False) if bias is not None else None
+        self.kernel_dtype: torch.dtype | None = None  # the activations' dtype inside the kernel (None: as given)
+        self._packed: tuple[torch.dtype, Tensor, Tensor] | None = None  # the kernel's layout, made on first use
+
+    @property
+    def in_features(self) -> int:
+        return self.codes.shape[1] * 2
+
+    @property
+    def out_features(self) -> int:
+        return self.codes.shape[0]
+
+    @classmethod
+    def from_float(cls, weight: Tensor, group_size: int, bias: Tensor | None = None) -> Int4Linear:
+        """Asymmetric quantization of each group: its minimum and maximum span the 16 levels."""
+        weight = weight.detach().float()
+        N, K = weight.shape
+        groups = weight.reshape(N, K // group_size, group_size)
+        low, high = groups.amin(dim=-1), groups.amax(dim=-1)  # (N, G)
+        scale = ((high - low) / 15).clamp(min=1e-12)
+        codes = torch.round((groups - low[..., None]) / scale[..., None]).clamp(0, 15)
+        return cls(codes.reshape(N, K), scale, low + 8 * scale, group_size, bias)
+
+    @classmethod
+    def from_q4_1(cls, codes: Tensor, d: Tensor, m: Tensor, bias: Tensor | None = None) -> Int4Linear:
+        """GGUF Q4_1 blocks of 32 (w = q d + m) with nothing rounded: codes (N, K), d and m (N, K / 32)."""
+        return cls(codes, d, m + 8 * d, 32, bias)
+
+    def dequantize(self) -> Tensor:
+        N, K = self.out_features, self.in_features
+        codes = unpack_nibbles(self.codes).float().reshape(N, K // self.group_size, self.group_size)
+        return ((codes - 8) * self.scale[..., None] + self.zero[..., None]).reshape(N, K)
+
+    def _kernel_layout(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """The int4 kernel's packed weights and its (K / g, N, 2) scales-and-zeros in the activation dtype."""
+        if self._packed is None or self._packed[0] != dtype or self._packed[1].device != self.codes.device:
+            if self.codes.device.type != "cpu":
+                raise NotImplementedError("int4 layers run on the CPU here; load the model with quantize=None")
+            codes = unpack_nibbles(self.codes).to(torch.int32)  # (N, K)
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, INT4_INNER_K_TILES)
+            scales_and_zeros = torch.stack([self.scale.t(), self.zero.t()], dim=-1).to(dtype).contiguous()
+            self._packed = (dtype, packed, scales_and_zeros)
+        return self._packed[1], self._packed[2]
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape, dtype = x.shape, self.kernel_dtype or x.dtype
+        packed, scales_and_zeros = self._kernel_layout(dtype)
+        flat = x.reshape(-1, shape[-1]).to(dtype)  # (M, K)
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, packed, self.group_size, scales_and_zeros).to(x.dtype)
+        if self.bias is not None:
+            out = out + self.bias.to(x.dtype)
+        return out.reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, int4 in groups of "
+                f"{self.group_size}")
+
+
+def pack_nibbles(codes: Tensor) -> Tensor:
+    """(N, K) values 0..15 -> (N, K / 2) bytes: element 2i in the low nibble, 2i + 1 in the high one."""
+    codes = codes.to(torch.uint8)
+    return (codes[:, 0::2] | (codes[:, 1::2] << 4)).contiguous()
+
+
+def unpack_nibbles(packed: Tensor) -> Tensor:
+    """The inverse of pack_nibbles: (N, K / 2) bytes -> (N, K) values 0..15 (uint8)."""
+    return torch.stack([packed & 15, packed >> 4], dim=-1).reshape(packed.shape[0], -1)
+
+
+class QuantizedEmbedding(nn.Module):
+    """A token embedding whose table is an Int8Linear's weight (a tied output layer, as in SmolLM2): looking a
+    token up dequantizes its row only, so the table stays in 8 bits."""
+
+    def __init__(self, table: Int8Linear, scale: float = 1.0):
+        super().__init__()
+        self.table, self.scale = table, scale
+
+    def forward(self, ids: Tensor) -> Tensor:
+        x = self.table.rows(ids, self.table.scale.dtype)  # (B, T, C), in the model's dtype
+        return x * self.scale if self.scale != 1.0 else x
