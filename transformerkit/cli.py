@@ -445,6 +445,49 @@ def similar(args: argparse.Namespace) -> None:
         print(f"{scores[i]:.4f}\t{corpus[i]}")
 
 
+def port_number(value: str) -> int:
+    number = int(value)
+    if not 0 < number < 65536:
+        raise argparse.ArgumentTypeError(f"{value} is not a port; it must be 1 to 65535")
+    return number
+
+
+@command(arg("models", nargs="+", metavar="MODEL",
+             help="models to serve (any MODEL, as elsewhere); NAME=MODEL sets its id (default: its alias or folder)"),
+         arg("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this machine only)"),
+         arg("--port", type=port_number, default=8000),
+         arg("--api-key", default=os.environ.get("TRANSFORMERKIT_API_KEY"),
+             help="require 'Authorization: Bearer KEY' on the API (default: $TRANSFORMERKIT_API_KEY, else none)"),
+         arg("--max-batch", type=positive_int, default=16, help="sequences one model decodes at once (default 16)"),
+         DTYPE, QUANTIZE, DEVICE)
+def serve(args: argparse.Namespace) -> None:
+    """Serve models over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/embeddings, and
+    /v1/translations/text) with continuous batching, and a web page at / to chat, translate (with the attention
+    heatmap) and search. --dtype fp32 --quantize none serves the exact float32 models."""
+    try:
+        from .serve.app import check_address, create_app, run
+        from .serve.registry import model_id
+    except ImportError as error:
+        raise ConfigError(f"the server needs its extra ({error.name} is missing): pip install "
+                          "'transformerkit[serve]'") from None
+    check_address(args.host, args.port)
+    models = {}
+    for item in args.models:
+        name, path = item.split("=", 1) if "=" in item and not os.path.exists(item) else (None, item)
+        name = name or model_id(path)
+        if name in models:
+            raise ConfigError(f"two models would both be '{name}': give one an id with NAME={path}")
+        models[name] = load_for_inference(argparse.Namespace(**{**vars(args), "model": path}), say=True)
+    app = create_app(models, args.api_key, args.max_batch)
+    for served in app.state.registry.models.values():
+        print(f"{served.id}: {', '.join(served.capabilities)}", file=sys.stderr)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+        print(f"warning: listening on {args.host} without --api-key: anyone who reaches it can use the models",
+              file=sys.stderr)
+    print(f"serving on http://{args.host}:{args.port}/ (the page) and /v1 (the API); Ctrl-C stops", file=sys.stderr)
+    run(app, args.host, args.port)
+
+
 @command(arg("corpus", choices=["multi30k"]), arg("--direction", default="de-en", help="source-target, e.g. de-en"),
          arg("--budget-minutes", type=float, default=20.0, help="wall-clock training budget per model"),
          arg("--epochs", type=int, help="train every model for this many epochs instead of a time budget"),

@@ -369,7 +369,7 @@ PRESETS: dict[str, Preset] = {
 
 def preset(name: str, **changes: Any) -> ModelConfig:
     """The named preset's config, with any fields changed."""
-    if name not in PRESETS:
+    if not isinstance(name, str) or name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     config = PRESETS[name].config
     return config.replace(**changes) if changes else config

@@ -144,6 +144,8 @@ def load_gguf(path: Path, keep_int4: bool = False) -> nn.Module:
     config, weights, tokenizer, chat_template = read_gguf(path, keep_int4)
     model = build_empty_model(config)
     blocks = {name: weights.pop(name) for name in list(weights) if isinstance(weights[name], Int4Blocks)}
+    for name in [name for name, value in blocks.items() if not Int4Linear.fits(value.codes.shape, 32)]:
+        weights[name] = blocks.pop(name).dequantize()  # a shape the kernel cannot tile: int8 like the rest
     for name, value in blocks.items():
         parent_name, _, child = name.removesuffix(".weight").rpartition(".")
         setattr(model.get_submodule(parent_name), child, Int4Linear.from_q4_1(value.codes, value.d, value.m))

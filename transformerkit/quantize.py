@@ -30,7 +30,7 @@ def quantize_model(model: nn.Module, kind: str, group_size: int = 32) -> nn.Modu
             if not isinstance(child, nn.Linear):
                 continue
             bias = child.bias.detach() if child.bias is not None else None
-            if child is output or kind == "int8" or child.in_features % group_size:
+            if child is output or kind == "int8" or not Int4Linear.fits(child.weight.shape, group_size):
                 layer = Int8Linear.from_float(child.weight, bias)
             else:
                 layer = Int4Linear.from_float(child.weight, group_size, bias)

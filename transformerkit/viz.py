@@ -130,12 +130,13 @@ def translation_attention(model: nn.Module, sentence: str, translation: str) -> 
     source = model.source_tokenizer.encode(clean_text(sentence), add_special_tokens=False)
     target = model.target_tokenizer.encode(clean_text(translation), add_special_tokens=False)
     device = next(model.parameters()).device
-    source_ids = torch.tensor([source.ids + [c.eos_id]], device=device)
-    target_ids = torch.tensor([[c.start_id] + target.ids], device=device)
+    limit = c.max_len - 1  # a translation tokenized anew may be longer than the decoder made it: cut to its positions
+    source_ids = torch.tensor([source.ids[:limit] + [c.eos_id]], device=device)
+    target_ids = torch.tensor([[c.start_id] + target.ids[:limit]], device=device)
     with record_attention(model) as layers:
         model(source_ids, target_ids)
         weights = {kind: [m.weights[0].cpu() for m in modules] for kind, modules in layers.items() if modules}
-    return weights, source.tokens + ["</s>"], ["<s>"] + target.tokens
+    return weights, source.tokens[:limit] + ["</s>"], ["<s>"] + target.tokens[:limit]
 
 
 def plot_curves(curves: dict[str, tuple[list[float], list[float]]], path: Path, xlabel: str, ylabel: str,

@@ -1,6 +1,7 @@
 """GGUF: tiny files written here with llama.cpp's layout and every supported quantization, read by our loader and
 compared with transformers' own GGUF loader; and the real SmolLM2-135M-Instruct when its package is installed."""
 
+import functools
 import json
 
 import numpy as np
@@ -143,10 +144,19 @@ def smollm2(smollm2_model):
     from transformerkit.loading import resolve_alias
 
     path = resolve_alias("smollm2")
+    # transformers parses the file once for the config, once for the weights and once for the tokenizer, and
+    # rebuilds gguf's name map for every tensor (half a minute here); the same reads, each done once:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gguf, "GGUFReader", functools.lru_cache(maxsize=1)(gguf.GGUFReader))
+        patch.setattr(gguf, "get_tensor_name_map", functools.lru_cache(maxsize=4)(gguf.get_tensor_name_map))
+        return smollm2_model, *_transformers_reading(path)
+
+
+def _transformers_reading(path):
     hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
                                                            dtype=torch.float32).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    return smollm2_model, hf, tokenizer
+    return hf, tokenizer
 
 
 def test_smollm2_logits_match_transformers(smollm2):
@@ -196,7 +206,7 @@ def test_generate_and_chat_commands(smollm2_model, monkeypatch, capsys):
     from transformerkit import loading
     from transformerkit.cli import main
 
-    monkeypatch.setattr(loading, "load", lambda path, device=None, dtype=None: smollm2_model)
+    monkeypatch.setattr(loading, "load", lambda path, device=None, dtype=None, quantize=None: smollm2_model)
     assert main(["generate", "smollm2", "--prompt", "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
                  "<|im_start|>assistant\n", "--max-new-tokens", "12", "--device", "cpu", "--dtype", "fp32"]) == 0
     assert "Paris" in capsys.readouterr().out

@@ -57,8 +57,8 @@ def cli(both, monkeypatch, capsys):
     from ..test_reliability import cli as run
 
     original = loading.load
-    monkeypatch.setattr(loading, "load", lambda path, device=None, dtype=None:
-                        both[0] if str(path) == "all-minilm-l6-v2" else original(path, device, dtype))
+    monkeypatch.setattr(loading, "load", lambda path, device=None, dtype=None, quantize=None:
+                        both[0] if str(path) == "all-minilm-l6-v2" else original(path, device, dtype, quantize))
     return lambda *argv, stdin=None: run(capsys, *argv, stdin=stdin)
 
 

@@ -105,3 +105,24 @@ def test_config_validation():
         RNNConfig(teacher_forcing=1.5)
     with pytest.raises(ConfigError, match="unknown RNN field 'hidden'"):
         RNNConfig.from_dict({"hidden": 3})
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_the_written_out_cell_equals_torchs_recurrent_layer_step_by_step(name):
+    """The decoder's per-step path (one matmul per layer, embeddings' share computed once) against nn.LSTM /
+    nn.GRU themselves, fed one step at a time with the same weights: same features, teacher forcing on."""
+    model = tiny(name).eval()
+    b = batch(model)
+    with torch.no_grad():
+        fast_state = model.encode(b.source, b.source_mask)
+        weights = model._layer_weights()
+        x_gates = model.target_embed(b.target_in) @ weights[0][0][:, :16].t() + weights[0][2]
+        reference_state = model.encode(b.source, b.source_mask)
+        for t in range(b.target_in.shape[1]):
+            context = model._context(fast_state)
+            fast = model._cell_steps(x_gates[:, t], context, fast_state, weights)
+            token = model.target_embed(b.target_in[:, t:t + 1])
+            step_input = torch.cat([token, model._context(reference_state)[:, None]], dim=-1)
+            reference, reference_state.hidden, reference_state.cell = model._rnn(step_input, reference_state)
+            torch.testing.assert_close(fast, reference[:, 0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(fast_state.hidden, reference_state.hidden, atol=1e-5, rtol=1e-5)

@@ -54,7 +54,8 @@ def test_every_family_quantizes_and_keeps_its_outputs_close(name, kind):
         after = run(model)
     assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
     assert weight_bytes(model) < size
-    assert (after - before).abs().mean() < 0.05 * before.abs().mean() + 0.02
+    # 256 levels per row keep outputs within ~1%; 16 levels per group of 32 within ~15% on these random tiny models
+    assert (after - before).norm() / before.norm() < {"int8": 0.03, "int4": 0.2}[kind]
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama", "transformer-2017"])

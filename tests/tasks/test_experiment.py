@@ -7,8 +7,9 @@ from transformerkit.cli import main
 
 def test_experiment_writes_every_file_and_resumes(data_env, tmp_path, capsys):
     out = tmp_path / "experiment"
-    small = ["--set", "data.batch_tokens=4000", "--set", "data.val_sentences=8", "--set", "decoding.max_len_a=0.5",
-             "--set", "decoding.max_len_b=4"]  # short outputs: untrained models never end on their own
+    small = ["--set", "data.batch_tokens=4000", "--set", "data.val_sentences=8",
+             "--set", "decoding.max_len_a=0.5", "--set", "decoding.max_len_b=4",  # untrained models never end alone
+             "--set", "model.n_layers=1", "--set", "data.max_sentence_tokens=12"]  # the shortest pairs: seconds a model
     assert main(["experiment", "multi30k", "--direction", "de-en", "--epochs", "1", "--out", str(out),
                  "--device", "cpu", *small]) == 0
     results = json.loads((out / "results.json").read_text())

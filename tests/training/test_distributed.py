@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,53 +30,60 @@ def env(data_env):
     return {**os.environ, "TRANSFORMERKIT_DATA": str(data_env), "OMP_NUM_THREADS": "1"}
 
 
-def test_two_processes_equal_one_with_the_same_global_batch(data_env, tmp_path):
+def torchrun(data, *argv):
+    return subprocess.run([*LAUNCH, *argv], env=env(data), capture_output=True, text=True, timeout=300)
+
+
+STEPS = ("training.max_steps=4", "training.eval_every=2")
+
+
+@pytest.fixture(scope="module")
+def ddp_run(multi30k_dir, tmp_path_factory):
+    """Two ranks with DDP, 4 steps: the run the other tests compare with (each launch costs seconds)."""
+    run = tmp_path_factory.mktemp("ddp") / "run"
+    done = torchrun(multi30k_dir, *TRAIN, "--out", str(run), *settings(*STEPS))
+    assert done.returncode == 0, done.stderr
+    return run
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(ddp_run, multi30k_dir, tmp_path):
     one = subprocess.run([sys.executable, *TRAIN, "--out", str(tmp_path / "one"),
-                          *settings("training.accumulate=2", "training.max_steps=5", "training.eval_every=0")],
-                         env=env(data_env), capture_output=True, text=True)
+                          *settings("training.accumulate=2", *STEPS)],
+                         env=env(multi30k_dir), capture_output=True, text=True)
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([*LAUNCH, *TRAIN, "--out", str(tmp_path / "two"),
-                          *settings("training.max_steps=5", "training.eval_every=0")],
-                         env=env(data_env), capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr
-    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
-    assert len(losses(tmp_path / "two")) == 5
+    assert losses(ddp_run) == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
+    assert len(losses(ddp_run)) == 4
 
 
-def test_resume_with_another_world_size(data_env, tmp_path):
-    run = tmp_path / "run"
-    first = subprocess.run([*LAUNCH, *TRAIN, "--out", str(run), *settings("training.max_steps=3",
-                                                                          "training.eval_every=3")],
-                           env=env(data_env), capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr
+def more_steps(run, steps: int) -> None:
     recipe = json.loads((run / "recipe.json").read_text())
-    recipe["training"]["max_steps"] = 5
+    recipe["training"]["max_steps"] = steps
     (run / "recipe.json").write_text(json.dumps(recipe))
+
+
+def test_resume_with_another_world_size(ddp_run, multi30k_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(ddp_run, run)
+    more_steps(run, 6)
     second = subprocess.run([sys.executable, "-m", "transformerkit", "train", "--resume", str(run), "--device", "cpu",
-                             "--no-progress"], env=env(data_env), capture_output=True, text=True, timeout=300)
+                             "--no-progress"], env=env(multi30k_dir), capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
-    assert "resumed" in second.stderr and len(losses(run)) == 5
+    assert "resumed" in second.stderr and len(losses(run)) == 6
 
 
-def test_fsdp_trains_like_ddp_saves_whole_checkpoints_and_resumes(data_env, tmp_path):
-    runs = {}
-    for name, extra in (("ddp", []), ("fsdp", ["--fsdp"])):
-        runs[name] = tmp_path / name
-        done = subprocess.run([*LAUNCH, *TRAIN, "--out", str(runs[name]), *extra,
-                               *settings("training.max_steps=4", "training.eval_every=2")],
-                              env=env(data_env), capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
-    assert losses(runs["fsdp"]) == pytest.approx(losses(runs["ddp"]), rel=1e-4)
-    ddp, fsdp = (load_file(runs[name] / "last" / "model.safetensors") for name in ("ddp", "fsdp"))
+def test_fsdp_trains_like_ddp_saves_whole_checkpoints_and_resumes(ddp_run, multi30k_dir, tmp_path):
+    run = tmp_path / "fsdp"
+    done = torchrun(multi30k_dir, *TRAIN, "--out", str(run), "--fsdp", *settings(*STEPS))
+    assert done.returncode == 0, done.stderr
+    assert losses(run) == pytest.approx(losses(ddp_run), rel=1e-4)
+    ddp, fsdp = (load_file(folder / "last" / "model.safetensors") for folder in (ddp_run, run))
     assert ddp.keys() == fsdp.keys()
     assert all(torch.allclose(ddp[k], fsdp[k], atol=1e-5) for k in ddp)
-    recipe = json.loads((runs["fsdp"] / "recipe.json").read_text())
-    recipe["training"]["max_steps"] = 6
-    (runs["fsdp"] / "recipe.json").write_text(json.dumps(recipe))
-    resumed = subprocess.run([*LAUNCH, "-m", "transformerkit", "train", "--resume", str(runs["fsdp"]), "--device",
-                              "cpu", "--no-progress"], env=env(data_env), capture_output=True, text=True, timeout=300)
+    more_steps(run, 6)
+    resumed = torchrun(multi30k_dir, "-m", "transformerkit", "train", "--resume", str(run), "--device", "cpu",
+                       "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
-    assert "resumed" in resumed.stderr and len(losses(runs["fsdp"])) == 6
+    assert "resumed" in resumed.stderr and len(losses(run)) == 6
 
 
 def test_a_killed_rank_fails_the_run_instead_of_hanging(data_env, tmp_path):

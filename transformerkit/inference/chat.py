@@ -29,6 +29,13 @@ def render(template: str, messages: list[dict[str, str]], add_generation_prompt:
         raise ConfigError(f"chat template: {error}") from None
 
 
+def turn_end_ids(tokenizer) -> list[int]:
+    """The token that ends an assistant's turn, where the vocabulary has one: ChatML's <|im_end|> (SmolLM2). The
+    reply ends there, as at the end-of-sequence token."""
+    end = tokenizer.token_to_id("<|im_end|>")
+    return [end] if end is not None else []
+
+
 class Chat:
     """A conversation with a model that has a tokenizer and a chat template (ChatML for SmolLM2).
 
@@ -43,8 +50,7 @@ class Chat:
         self.messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
         self.state = model.start(1, min(context or model.config.max_len, model.config.max_len))
         self.tokens: list[int] = []  # what the cache holds
-        end = model.tokenizer.token_to_id("<|im_end|>")  # ChatML ends each turn with it
-        self.options.stop_tokens = [*self.options.stop_tokens, *([end] if end is not None else [])]
+        self.options.stop_tokens = [*self.options.stop_tokens, *turn_end_ids(model.tokenizer)]
 
     def send(self, text: str, on_text: Callable[[str], None] | None = None) -> str:
         """Add a user message, stream and return the assistant's reply."""

@@ -67,6 +67,11 @@ class Int4Blocks:
     def rows(self, index: Tensor) -> Int4Blocks:
         return Int4Blocks(self.codes[index], self.d[index], self.m[index])
 
+    def dequantize(self) -> Tensor:
+        N, K = self.codes.shape
+        blocks = self.codes.float().reshape(N, K // 32, 32) * self.d[..., None] + self.m[..., None]
+        return blocks.reshape(N, K)
+
 
 def read_gguf(path: str | Path, keep_int4: bool = False) -> tuple[ModelConfig, dict[str, Any], Any, str | None]:
     """A GGUF file -> (our config, our state dict in float32, a `tokenizers.Tokenizer`, the chat template).

@@ -83,6 +83,7 @@ class RNNSeq2Seq(nn.Module):
         self.attention = AdditiveAttention(H, encoded, H) if c.attention else None
         self.decoder = rnn(E + context, H, L, batch_first=True, dropout=between)
         self.dropout = Dropout(c.dropout)
+        self.between = Dropout(between)  # between stacked decoder layers, where nn.LSTM's own dropout would be
         self.features = H + context + (E if context else 0)  # what the output layer reads
         self.lm_head = nn.Linear(self.features, c.output_vocab_size)
         self.source_tokenizer = self.target_tokenizer = None
@@ -110,36 +111,81 @@ class RNNSeq2Seq(nn.Module):
 
     # ------------------------------------------------------------------------------------------ decoding
 
-    def _step_inputs(self, embedded: Tensor, state: RNNState) -> tuple[Tensor, Tensor]:
-        """The context a step reads: attention over the memory, or the fixed context vector."""
+    def _decode(self, target_ids: Tensor, state: RNNState, teacher: Tensor | None = None) -> Tensor:
+        """Run the decoder over target_ids (B, T) from `state` -> output-layer features (B, T, F).
+
+        Without attention and with every true token fed, nothing changes from step to step but the recurrence
+        itself: nn.LSTM / nn.GRU run the whole sequence. Otherwise each step reads a context that depends on
+        the state (attention), or the model's own last guess (scheduled sampling), and the cell is written
+        out (see _cell) so that a step costs one matmul per layer: the embeddings' share of layer 0's gates
+        is computed for all steps at once, and the context and the previous state share one matmul.
+        """
+        embedded = self.dropout(self.target_embed(target_ids))  # (B, T, E)
+        B, T, E = embedded.shape
+        if self.attention is None and teacher is None:
+            context = state.memory.expand(-1, T, -1)  # (B, T, C)
+            outputs, state.hidden, state.cell = self._rnn(torch.cat([embedded, context], dim=-1), state)
+            state.length += T
+            return self._features(outputs, context, embedded)
+        weights = self._layer_weights()
+        x_gates = embedded @ weights[0][0][:, :E].t() + weights[0][2]  # (B, T, G): the embeddings' share, once
+        inputs, contexts, outputs = list(embedded.unbind(1)), [], []  # per step: (B, E), (B, C), (B, H)
+        for t in range(T):
+            if teacher is not None and t > 0 and not teacher[t]:  # scheduled sampling: the model's own guess
+                guess = self.lm_head(self._features(outputs[-1], contexts[-1], inputs[t - 1])).argmax(dim=-1)
+                inputs[t] = self.dropout(self.target_embed(guess))  # (B, E)
+                x_t = inputs[t] @ weights[0][0][:, :E].t() + weights[0][2]
+            else:
+                x_t = x_gates[:, t]
+            contexts.append(self._context(state))
+            outputs.append(self._cell_steps(x_t, contexts[-1], state, weights))
+        state.length += T
+        return self._features(torch.stack(outputs, 1), torch.stack(contexts, 1), torch.stack(inputs, 1))
+
+    def _context(self, state: RNNState) -> Tensor:
+        """What a step reads besides its token: attention over the memory, or the fixed context vector."""
         if self.attention is None:
-            return state.memory[:, 0], state.mask
+            return state.memory[:, 0]
         context, weights = self.attention(state.hidden[-1], state.memory, state.projected, state.mask)
         if state.record:
             state.attention_weights.append(weights.detach())
-        return context, weights
+        return context
 
-    def _decode(self, target_ids: Tensor, state: RNNState, teacher: Tensor | None = None) -> Tensor:
-        """Run the decoder over target_ids (B, T) from `state` -> output-layer features (B, T, F)."""
-        embedded = self.dropout(self.target_embed(target_ids))  # (B, T, E)
-        if self.attention is None and teacher is None:  # nothing changes step to step: the whole sequence at once
-            context = state.memory.expand(-1, target_ids.shape[1], -1)  # (B, T, C)
-            inputs = torch.cat([embedded, context], dim=-1)
-            outputs, state.hidden, state.cell = self._rnn(inputs, state)
-            state.length += target_ids.shape[1]
-            return self._features(outputs, context, embedded)
-        features = []
-        previous = embedded[:, :1]
-        for t in range(target_ids.shape[1]):
-            step_embedded = embedded[:, t:t + 1] if teacher is None or t == 0 or teacher[t] else previous
-            context, _ = self._step_inputs(step_embedded, state)
-            output, state.hidden, state.cell = self._rnn(torch.cat([step_embedded, context[:, None]], dim=-1), state)
-            features.append(self._features(output, context[:, None], step_embedded))
-            if teacher is not None and t + 1 < target_ids.shape[1] and not teacher[t + 1]:
-                predicted = self.lm_head(features[-1]).argmax(dim=-1)  # (B, 1): the model's own guess
-                previous = self.dropout(self.target_embed(predicted))
-        state.length += target_ids.shape[1]
-        return torch.cat(features, dim=1)
+    def _layer_weights(self) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """Per decoder layer: (input weights (G, in), recurrent weights (G, H), input bias, recurrent bias), from
+        nn.LSTM / nn.GRU's own parameters (gates in their order: i f g o, or r z n)."""
+        d = self.decoder
+        return [(getattr(d, f"weight_ih_l{k}"), getattr(d, f"weight_hh_l{k}"), getattr(d, f"bias_ih_l{k}"),
+                 getattr(d, f"bias_hh_l{k}")) for k in range(self.config.n_layers)]
+
+    def _cell_steps(self, x_gates: Tensor, context: Tensor, state: RNNState,
+                    weights: list[tuple[Tensor, Tensor, Tensor, Tensor]]) -> Tensor:
+        """One step through every layer: layer 0 reads its token's gates (x_gates, biased) and the context, the
+        others the layer below (with dropout between layers, as nn.LSTM has); returns the top layer's output
+        (B, H) and updates the state."""
+        E, H = self.config.embedding_dim, self.config.hidden_size
+        hidden, cell = list(state.hidden.unbind(0)), list(state.cell.unbind(0)) if state.cell is not None else None
+        below = context
+        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
+            w_x, start = (w_ih[:, E:], x_gates) if k == 0 else (w_ih, b_ih)
+            if k > 0:
+                below = self.between(below)
+            if cell is not None:  # LSTM: the input's and the state's shares in one matmul
+                gates = torch.addmm(start + b_hh, torch.cat([below, hidden[k]], dim=-1),
+                                    torch.cat([w_x, w_hh], dim=1).t())
+                i, f, g, o = gates.chunk(4, dim=-1)
+                cell[k] = torch.sigmoid(f) * cell[k] + torch.sigmoid(i) * torch.tanh(g)
+                hidden[k] = torch.sigmoid(o) * torch.tanh(cell[k])
+            else:  # GRU: the state's share of the new-gate is reset by r, so it stays apart
+                gi = torch.addmm(start, below, w_x.t()) if below.shape[-1] else start.expand(-1, 3 * H)
+                gh = torch.addmm(b_hh, hidden[k], w_hh.t())
+                r, z = torch.sigmoid(gi[:, :2 * H] + gh[:, :2 * H]).chunk(2, dim=-1)
+                n = torch.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
+                hidden[k] = (1 - z) * n + z * hidden[k]
+            below = hidden[k]
+        state.hidden = torch.stack(hidden)
+        state.cell = torch.stack(cell) if cell is not None else None
+        return below
 
     def _rnn(self, inputs: Tensor, state: RNNState):
         if self.config.cell == "lstm":

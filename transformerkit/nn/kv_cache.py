@@ -102,3 +102,45 @@ class DecodeState:
             self.memory_kv = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.memory_kv]
         if memory and self.memory_mask is not None:
             self.memory_mask = self.memory_mask.index_select(0, index)
+
+    def join(self, other: DecodeState) -> None:
+        """Append `other`'s rows to this batch, in place: continuous batching, where a request prefilled by
+        itself joins a batch that is already decoding, at the next step, instead of waiting for it to end.
+
+        Every row's last token must sit at the same position for the next step, so the rows are right-aligned:
+        the shorter state is padded on the left (key_mask False), and each row keeps its own positions
+        (n_real), so it decodes as it would alone. Leading positions that are padding in every row of a state
+        (left by rows that finished) are dropped on the way, so a long-running batch does not grow without end.
+        Each state keeps the room it had for new tokens. States that read a source (memory_kv) cannot join.
+        """
+        if self.memory_kv is not None or other.memory_kv is not None:
+            raise ConfigError("join: decoding states that read a source (an encoder-decoder's) cannot be joined")
+        parts = [(state, state._first_real()) for state in (self, other)]
+        length = max(state.length - first for state, first in parts)  # the longer one's real span
+        room = max(state.max_len - state.length for state, _ in parts)
+        template = self.caches[0].k
+        B, Hkv, _, D = template.shape
+        rows = B + other.batch_size
+        caches = [KVCache(rows, Hkv, length + room, D, template.dtype, template.device) for _ in self.caches]
+        key_mask = torch.zeros(rows, length + room, dtype=torch.bool, device=template.device)
+        n_real, row = [], 0
+        for state, first in parts:
+            span, end = state.length - first, row + state.batch_size
+            for joined, cache in zip(caches, state.caches):
+                joined.k[row:end, :, length - span:length] = cache.k[:, :, first:state.length]  # (b, Hkv, span, D)
+                joined.v[row:end, :, length - span:length] = cache.v[:, :, first:state.length]
+            if state.key_mask is None:
+                key_mask[row:end, length - span:length] = True
+                n_real.append(torch.full((state.batch_size,), state.length, dtype=torch.long, device=template.device))
+            else:
+                key_mask[row:end, length - span:length] = state.key_mask[:, first:state.length]
+                n_real.append(state.n_real)
+            row = end
+        self.caches, self.key_mask, self.n_real, self.length = caches, key_mask, torch.cat(n_real), length
+
+    def _first_real(self) -> int:
+        """The first position that holds a real token in some row (0 without padding)."""
+        if self.key_mask is None:
+            return 0
+        real = self.key_mask[:, :self.length].any(dim=0)  # (T,)
+        return int(real.int().argmax()) if bool(real.any()) else self.length

@@ -90,6 +90,11 @@ class Int4Linear(nn.Module):
     def out_features(self) -> int:
         return self.codes.shape[0]
 
+    @staticmethod
+    def fits(shape: torch.Size, group_size: int) -> bool:
+        """The kernel takes whole groups along K and tiles of 16 output rows; other shapes stay in int8."""
+        return shape[1] % group_size == 0 and shape[0] % 16 == 0
+
     @classmethod
     def from_float(cls, weight: Tensor, group_size: int, bias: Tensor | None = None) -> Int4Linear:
         """Asymmetric quantization of each group: its minimum and maximum span the 16 levels."""
