@@ -1,11 +1,15 @@
-"""Training throughput and model FLOP utilisation: ours against transformers, same sizes, batches and dtype.
+"""Training throughput and model FLOP utilisation: the Trainer's own step against transformers, same batches.
 
-    python benchmarks/bench_train.py [--sizes shakespeare-char,multi30k-de-en,gpt2-small] [--steps 4]
+    python benchmarks/bench_train.py [--sizes shakespeare-char,multi30k-de-en,gpt2-small] [--steps 6]
 
-For each size, our model and transformers' GPT2LMHeadModel or MarianMTModel of the same dimensions train on the
-same batch, in float32 and under bfloat16 autocast, measured back to back. MFU is model FLOPs per second over
-the matmul ceiling measured in the same run (a large matmul in that dtype). Writes
-benchmarks/results/bench_train.json (bench_train-cuda.json on a GPU).
+Ours is `Trainer.step` on a recipe's prepared model, data and objective (our loss, our optimizer step, the
+precision the trainer resolved); the reference is transformers' GPT2LMHeadModel or MarianMTModel of the same
+dimensions, trained on the same batches with AdamW, clipping and the usual full-logits cross-entropy.
+gpt2-small has no recipe of its own: it is the shakespeare-char recipe with GPT-2 small's dimensions and
+vocabulary (50,257) on random token windows. float32 everywhere; bfloat16 only where this machine multiplies
+it natively (runtime.native_bf16): emulated bf16 is 4-80x slower and nobody would train in it. MFU is model
+FLOPs per second over the matmul rate of a large matmul in the same dtype, measured in the same run.
+Writes benchmarks/results/bench_train-<machine kind>.json.
 """
 
 from __future__ import annotations
@@ -15,13 +19,24 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import machine, print_table, write_json
+from common import machine, machine_facts, machine_kind, print_table, write_json
 
 import transformerkit as tk
+from transformerkit import runtime
 from transformerkit.recipes import load_recipe
 from transformerkit.runtime import keep_freed_memory
 from transformerkit.tasks import prepare
-from transformerkit.training.losses import linear_cross_entropy
+from transformerkit.tasks.language_model import WindowBatch
+from transformerkit.training.trainer import Trainer
+
+SIZES = {  # size -> (recipe, overrides)
+    "shakespeare-char": ("shakespeare-char", ["model.dropout=0.0"]),
+    "multi30k-de-en": ("multi30k-de-en", ["model.dropout=0.0"]),
+    "gpt2-small": ("shakespeare-char", ['model.preset="gpt2-small"', "model.d_model=768", "model.n_layers=12",
+                                        "model.n_heads=12", "model.d_ff=3072", "model.max_len=512",
+                                        "model.dropout=0.0", "data.context=512", "data.batch_size=8"]),
+}
+GPT2_VOCAB = 50257
 
 
 def matmul_ceiling(dtype: torch.dtype, device: str) -> float:
@@ -43,82 +58,95 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def decoder_pair(size: str, device: str):
-    """(our model, its reference, a batch (B, T+1) of ids, FLOPs per token) for a decoder-only size."""
-    import transformers
-
-    if size == "shakespeare-char":
-        config = tk.preset("gpt2-small").replace(vocab_size=65, d_model=384, n_layers=6, n_heads=6, d_ff=1536,
-                                                 max_len=256, dropout=0.2, attention_dropout=0.0, activation="gelu",
-                                                 pad_id=0, bos_id=0, eos_id=0)
-        batch = torch.randint(0, 65, (64, 257))
+def our_trainer(size: str, precision: str, run_dir: str):
+    """(the Trainer of the size's recipe in `precision`, its model's config, its batches, FLOPs per token, the
+    objective's label smoothing)."""
+    name, overrides = SIZES[size]
+    recipe = load_recipe(name, [*overrides, f'training.precision="{precision}"', "training.clip_norm=1.0"])
+    setup = prepare(recipe, run_dir=run_dir)
+    model, c = setup.model, setup.model.config
+    if size == "gpt2-small":  # GPT-2's vocabulary, on random windows of it
+        model = tk.build_model(c.replace(vocab_size=GPT2_VOCAB))
+        generator = torch.Generator().manual_seed(0)
+        batches = [WindowBatch(torch.randint(0, GPT2_VOCAB, (8, 513), generator=generator)) for _ in range(3)]
+    elif c.family == "decoder":
+        batches = [setup.data.batch(0, i) for i in range(3)]
     else:
-        config = tk.preset("gpt2-small").replace(dropout=0.0, attention_dropout=0.0)
-        batch = torch.randint(0, config.vocab_size, (8, 513))
-    ours = tk.build_model(config)
-    activation = {"gelu": "gelu", "gelu_tanh": "gelu_new"}[config.activation]
-    reference = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        vocab_size=config.vocab_size, n_positions=config.max_len, n_embd=config.d_model, n_layer=config.n_layers,
-        n_head=config.n_heads, n_inner=config.d_ff, activation_function=activation, resid_pdrop=config.dropout,
-        embd_pdrop=config.dropout, attn_pdrop=config.attention_dropout, bos_token_id=0, eos_token_id=0))
-    T = batch.shape[1] - 1
-    flops = 6 * _matmul_params(ours) + 12 * config.n_layers * config.d_model * T
-    return ours, reference, batch.to(device), flops
+        batches = list(setup.data.batches(0)[:40])
+    trainer = Trainer(model, setup.data, setup.objective, setup.train_config, run_dir, progress_bar=False)
+    smoothing = getattr(setup.objective, "label_smoothing", 0.0)
+    return trainer, model.config, batches, flops_per_token(model, batches), smoothing
+
+
+def flops_per_token(model, batches) -> float:
+    """6 x the matmul parameters, plus attention's score and value products (self, and cross where there is one)."""
+    c = model.config
+    if isinstance(batches[0], WindowBatch):
+        return 6 * _matmul_params(model) + 12 * c.n_layers * c.d_model * (batches[0].ids.shape[1] - 1)
+    S = sum(b.source.shape[1] for b in batches) / len(batches)
+    return 6 * _matmul_params(model) + 12 * c.d_model * (c.n_layers * S + c.decoder_layers * 2 * S)
 
 
 def _matmul_params(model) -> int:
     """Parameters that take part in matmuls (every weight but embedding tables), the output layer included."""
     tables = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    head = model.lm_head.weight
+    head = model.output_layer().weight
     count = sum(p.numel() for p in model.parameters() if p.dim() == 2 and id(p) not in tables)
     return count + (head.numel() if id(head) in tables else 0)
 
 
-def train_step_decoder(model, batch, ours: bool):
-    inputs, targets = batch[:, :-1], batch[:, 1:]
-    if ours:
-        hidden = model.decoder(inputs)
-        loss = linear_cross_entropy(hidden.flatten(0, 1), model.lm_head.weight, None, targets.flatten())
-        return loss / targets.numel()
-    logits = model(input_ids=inputs).logits
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-
-
-def seq2seq_pair(device: str):
-    """Our multi30k-de-en model and a MarianMTModel of the same dimensions, with real Multi30k batches."""
+def reference_model(config):
+    """transformers' model of the same dimensions: GPT2LMHeadModel for a decoder, MarianMTModel otherwise."""
     import transformers
 
-    setup = prepare(load_recipe("multi30k-de-en"), run_dir="runs/bench")
-    ours, c = setup.model, setup.model.config
-    reference = transformers.MarianMTModel(transformers.MarianConfig(
+    c = config
+    if c.family == "decoder":
+        activation = {"gelu": "gelu", "gelu_tanh": "gelu_new"}[c.activation]
+        return transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            vocab_size=c.vocab_size, n_positions=c.max_len, n_embd=c.d_model, n_layer=c.n_layers, n_head=c.n_heads,
+            n_inner=c.d_ff, activation_function=activation, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            bos_token_id=0, eos_token_id=0))
+    return transformers.MarianMTModel(transformers.MarianConfig(
         vocab_size=c.vocab_size, d_model=c.d_model, encoder_layers=c.n_layers, decoder_layers=c.decoder_layers,
         encoder_attention_heads=c.n_heads, decoder_attention_heads=c.n_heads, encoder_ffn_dim=c.d_ff,
-        decoder_ffn_dim=c.d_ff, activation_function="relu", dropout=c.dropout, attention_dropout=0.0,
+        decoder_ffn_dim=c.d_ff, activation_function="relu", dropout=0.0, attention_dropout=0.0,
         activation_dropout=0.0, max_position_embeddings=c.max_len, scale_embedding=True, pad_token_id=c.pad_id,
         decoder_start_token_id=c.start_id, eos_token_id=c.eos_id))
-    batches = [b.to(device) for b in setup.data.batches(0)[:40]]
-    tokens = sum(b.n_tokens for b in batches) / len(batches)
-    S = sum(b.source.shape[1] for b in batches) / len(batches)
-    attention = 12 * c.d_model * (c.n_layers * S + c.decoder_layers * 2 * S)  # self + cross, roughly
-    return ours, reference, batches, 6 * _matmul_params(ours) + attention, tokens, setup.objective
 
 
-def measure(step, batches, steps: int, model, bf16: bool, device: str) -> float:
-    """Seconds per step after warm-up, AdamW and gradient clipping included."""
+def reference_loss(model, batch, label_smoothing: float):
+    if isinstance(batch, WindowBatch):
+        logits = model(input_ids=batch.ids[:, :-1]).logits
+        return F.cross_entropy(logits.flatten(0, 1).float(), batch.ids[:, 1:].flatten())
+    logits = model(input_ids=batch.source, attention_mask=batch.source_mask.long(),
+                   decoder_input_ids=batch.target_in, decoder_attention_mask=batch.target_mask.long()).logits
+    mask = batch.target_mask
+    return F.cross_entropy(logits[mask].float(), batch.target_out[mask], label_smoothing=label_smoothing)
+
+
+def seconds_per_step(step, batches, steps: int) -> float:
+    """Seconds per step after two untimed warm-up steps."""
+    for i in range(2):
+        step(batches[i % len(batches)])
+    start = time.perf_counter()
+    for i in range(steps):
+        step(batches[(i + 2) % len(batches)])
+    return (time.perf_counter() - start) / steps
+
+
+def reference_step(model, precision: str, label_smoothing: float):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
-    for i in range(steps + 2):
-        if i == 2:
-            _sync(device)
-            start = time.perf_counter()
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-            loss = step(batches[i % len(batches)])
+
+    def step(batch):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = reference_loss(model, batch, label_smoothing)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    _sync(device)
-    return (time.perf_counter() - start) / steps
+
+    return step
 
 
 def main() -> None:
@@ -127,54 +155,32 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     args = parser.parse_args()
     keep_freed_memory()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    ceilings = {dtype: matmul_ceiling(getattr(torch, name), device)
-                for dtype, name in (("fp32", "float32"), ("bf16", "bfloat16"))}
+    precisions = ["fp32", "bf16"] if runtime.native_bf16("cpu") else ["fp32"]
+    ceilings = {p: matmul_ceiling(torch.bfloat16 if p == "bf16" else torch.float32, "cpu") for p in precisions}
     rows = []
     for size in args.sizes.split(","):
-        if size == "multi30k-de-en":
-            ours, reference, batches, flops, tokens, objective = seq2seq_pair(device)
-            def ours_step(b, objective=objective, ours=ours):
-                loss, n = objective(ours, b)
-                return loss / n
-            ref_step = lambda b: _marian_loss(reference, b)  # noqa: E731
-            ours_batches = ref_batches = batches
-        else:
-            ours, reference, batch, flops = decoder_pair(size, device)
-            tokens = batch.shape[0] * (batch.shape[1] - 1)
-            ours_step = lambda b: train_step_decoder(ours, b, True)  # noqa: E731
-            ref_step = lambda b: train_step_decoder(reference, b, False)  # noqa: E731
-            ours_batches = ref_batches = [batch]
-        ours.to(device)
-        reference.to(device)
         steps = args.steps if size != "gpt2-small" else max(2, args.steps // 2)
-        for dtype in ("fp32", "bf16"):
-            bf16 = dtype == "bf16"
-            ours_seconds = measure(ours_step, ours_batches, steps, ours, bf16, device)
-            ref_seconds = measure(ref_step, ref_batches, steps, reference, bf16, device)
-            row = {"size": size, "dtype": dtype, "mode": "train", "ours_tokens_per_second": tokens / ours_seconds,
-                   "reference_tokens_per_second": tokens / ref_seconds, "speedup": ref_seconds / ours_seconds,
-                   "mfu": flops * tokens / ours_seconds / ceilings[dtype],
-                   "reference_mfu": flops * tokens / ref_seconds / ceilings[dtype],
-                   "flops_per_token": flops, "matmul_ceiling_flops": ceilings[dtype], "machine": machine(),
-                   "reference": type(reference).__name__}
+        for precision in precisions:
+            trainer, config, batches, flops, smoothing = our_trainer(size, precision, f"runs/bench-train-{size}")
+            tokens = sum(b.n_tokens for b in batches) / len(batches)
+            ours = seconds_per_step(lambda b: trainer.step([b]), batches, steps)
+            reference = reference_model(config)
+            ref = seconds_per_step(reference_step(reference, precision, smoothing), batches, steps)
+            row = {"size": size, "dtype": precision, "mode": "train", "ours_tokens_per_second": tokens / ours,
+                   "reference_tokens_per_second": tokens / ref, "speedup": ref / ours,
+                   "mfu": flops * tokens / ours / ceilings[precision],
+                   "reference_mfu": flops * tokens / ref / ceilings[precision], "flops_per_token": flops,
+                   "matmul_ceiling_flops": ceilings[precision], "reference": type(reference).__name__,
+                   **machine_facts(), "precision": precision}
             rows.append(row)
-            print(f"{size} {dtype}: ours {row['ours_tokens_per_second']:.0f} tok/s, reference "
+            print(f"{size} {precision}: ours {row['ours_tokens_per_second']:.0f} tok/s, reference "
                   f"{row['reference_tokens_per_second']:.0f} tok/s ({row['speedup']:.2f}x), MFU {row['mfu']:.1%}",
                   flush=True)
-    print(f"on {machine()}; matmul ceiling fp32 {ceilings['fp32'] / 1e9:.0f} GFLOP/s, bf16 "
-          f"{ceilings['bf16'] / 1e9:.0f} GFLOP/s")
+    print(f"on {machine()}; matmul rate " + ", ".join(f"{p} {c / 1e9:.0f} GFLOP/s" for p, c in ceilings.items()))
     print_table([(r["size"], r["dtype"], round(r["ours_tokens_per_second"]), round(r["reference_tokens_per_second"]),
                   f"{r['speedup']:.2f}x", f"{r['mfu']:.1%}", f"{r['reference_mfu']:.1%}") for r in rows],
                 ("size", "dtype", "ours tok/s", "transformers tok/s", "speedup", "MFU", "reference MFU"))
-    print(f"wrote {write_json('bench_train' + ('-cuda' if device == 'cuda' else '') + '.json', rows)}")
-
-
-def _marian_loss(model, b):
-    logits = model(input_ids=b.source, attention_mask=b.source_mask.long(), decoder_input_ids=b.target_in,
-                   decoder_attention_mask=b.target_mask.long()).logits
-    mask = b.target_mask
-    return F.cross_entropy(logits[mask].float(), b.target_out[mask], label_smoothing=0.1)
+    print(f"wrote {write_json(f'bench_train-{machine_kind()}.json', rows)}")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,20 @@
 """The LLM workflow's numbers, measured side by side in one run.
 
-    python benchmarks/llm.py --shakespeare-run RUN   # RUN: a finished `transformerkit train shakespeare-char`
+    python benchmarks/llm.py [--shakespeare-run RUN] [--skip-training]   # RUN: a finished shakespeare-char run
 
-1. Training throughput at the shakespeare-char size (10.7M parameters, batch 64 x 256): ours in float32 and in
-   bfloat16, and a nanoGPT-style eager model (written out below, as nanoGPT's model.py does it) in both.
-2. Validation loss after the same number of tokens, float32 against bfloat16 (same seed, same batches).
-3. The shakespeare-char run's validation loss and training time (from RUN's metrics).
-4. SmolLM2-135M-Instruct decoding: ours against transformers' generate on the same weights and dtype, the
-   memory-bandwidth ceiling (bytes of weights per token over the measured copy bandwidth), time to first token
-   for a 500-token prompt, and decode speed at 100, 1,000 and 4,000 tokens of context.
-Writes benchmarks/results/llm.json.
+1. Training throughput at the shakespeare-char size (10.7M parameters, batch 64 x 256): the Trainer's own step
+   against a nanoGPT-style eager model (written out below, as nanoGPT's model.py does it) on the same batches,
+   in float32, and in bfloat16 where this machine multiplies it natively (with the validation loss of both
+   after the same tokens).
+2. The shakespeare run's best validation loss and training time (from RUN's metrics), when given.
+3. SmolLM2-135M-Instruct through `generate_ids` in each quantize mode (none = exact float32, int8, gguf = the
+   file's own 4-bit blocks): decode tokens/s for 128 greedy tokens, prompt tokens/s at 500 tokens, the
+   loaded tensors' bytes, the perplexity of held-out text (the end of Tiny Shakespeare) and the logits'
+   distance from float32; transformers' float32 generate on the same file; llama.cpp's `llama-bench -p 500
+   -n 128` on the same file and threads (built by ../shared/tools/build-llama-cpp.sh); the memory-bandwidth
+   ceiling (bytes of weights per token over the measured copy rate); decode speed at 100, 1,000 and 4,000
+   tokens of context.
+Writes benchmarks/results/llm-<machine kind>.json.
 """
 
 from __future__ import annotations
@@ -17,19 +22,25 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import subprocess
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import machine, print_table, write_json
+from common import machine_facts, machine_kind, print_table, write_json
 from torch import nn
 
 import transformerkit as tk
+from transformerkit import runtime
+from transformerkit.data.datasets import data_dir
 from transformerkit.inference.generate import GenerationOptions, generate_ids
 from transformerkit.recipes import load_recipe
-from transformerkit.runtime import keep_freed_memory
+from transformerkit.runtime import keep_freed_memory, threads_line
 from transformerkit.tasks import prepare
+
+BUILD_LLAMA = Path(__file__).resolve().parents[2] / "shared" / "tools" / "build-llama-cpp.sh"
 
 
 class NanoGPT(nn.Module):
@@ -59,34 +70,37 @@ class NanoGPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.shape[-1]).float(), targets.reshape(-1))
 
 
-def train_throughput(setup, steps: int = 12) -> dict[str, float]:
-    """Training tokens/s (every token of the batch) of ours and nanoGPT, float32 and bfloat16, same batches."""
+def train_throughput(recipe: dict, precision: str, steps: int = 12) -> dict[str, float]:
+    """Training tokens/s of the Trainer's own step and of nanoGPT's model on the same batches, in `precision`."""
+    from transformerkit.training.trainer import Trainer
+
+    recipe = {**recipe, "training": {**recipe["training"], "precision": precision}}
+    setup = prepare(recipe, run_dir="runs/bench-llm")
     c = setup.model.config
-    data = setup.data
-    results = {}
-    for name in ("ours", "nanogpt"):
-        for bf16 in (False, True):
-            torch.manual_seed(0)
-            if name == "ours":
-                model = tk.build_model(c).train()
-                step = lambda b: setup.objective(model, b)[0] / b.n_tokens  # noqa: E731
-            else:
-                model = NanoGPT(c.vocab_size, c.d_model, c.n_layers, c.n_heads, c.max_len, c.dropout).train()
-                step = lambda b: model(b.ids[:, :-1], b.ids[:, 1:])  # noqa: E731
-            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-            batches = [data.batch(0, i) for i in range(steps + 2)]
-            for i, batch in enumerate(batches):
-                if i == 2:
-                    start = time.perf_counter()
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    loss = step(batch)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            seconds = time.perf_counter() - start
-            results[f"{name}_{'bf16' if bf16 else 'fp32'}"] = steps * batches[0].n_tokens / seconds
-    return results
+    batches = [setup.data.batch(0, i) for i in range(steps + 2)]
+    trainer = Trainer(setup.model, setup.data, setup.objective, setup.train_config, "runs/bench-llm",
+                      progress_bar=False)
+    torch.manual_seed(0)
+    nanogpt = NanoGPT(c.vocab_size, c.d_model, c.n_layers, c.n_heads, c.max_len, c.dropout).train()
+    optimizer = torch.optim.AdamW(nanogpt.parameters(), lr=1e-4)
+
+    def reference(batch):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = nanogpt(batch.ids[:, :-1], batch.ids[:, 1:])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(nanogpt.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    rates = {}
+    for name, step in (("ours", lambda b: trainer.step([b])), ("nanogpt", reference)):
+        for batch in batches[:2]:
+            step(batch)
+        start = time.perf_counter()
+        for batch in batches[2:]:
+            step(batch)
+        rates[name] = steps * batches[0].n_tokens / (time.perf_counter() - start)
+    return rates
 
 
 def loss_after_same_tokens(recipe: dict, steps: int, run_root: Path) -> dict[str, float]:
@@ -122,89 +136,165 @@ def copy_bandwidth() -> float:
     return 2 * src.numel() * 4 / best
 
 
-def decode_speed(model, prompt_ids: list[int], new_tokens: int) -> float:
-    """Tokens/s of single-stream greedy decoding after the prompt (the prefill is not counted)."""
-    state = model.start(1, len(prompt_ids) + new_tokens + 1)
+def timed_generate(model, prompt: list[int], new_tokens: int) -> float:
+    """Seconds of `generate_ids` (the product's path) for exactly `new_tokens` greedy tokens after `prompt`."""
+    options = GenerationOptions(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+    start = time.perf_counter()
+    out = generate_ids(model, [prompt], options)[0]
+    seconds = time.perf_counter() - start
+    assert len(out) == new_tokens
+    return seconds
+
+
+def decode_rate(model, prompt: list[int], new_tokens: int) -> float:
+    """Decode tokens/s after `prompt`: the time of prompt + new_tokens + 1 minus that of prompt + 1, so the
+    prefill cancels out."""
+    return new_tokens / (timed_generate(model, prompt, new_tokens + 1) - timed_generate(model, prompt, 1))
+
+
+def perplexity(model, ids: list[int], window: int = 512) -> float:
+    """exp(mean next-token cross-entropy) over `ids`, in windows of `window` tokens."""
+    total, count = 0.0, 0
     with torch.no_grad():
-        token = model.step(torch.tensor([prompt_ids]), state).argmax(-1, keepdim=True)
-        start = time.perf_counter()
-        for _ in range(new_tokens):
-            token = model.step(token, state).argmax(-1, keepdim=True)
-    return new_tokens / (time.perf_counter() - start)
+        for start in range(0, len(ids) - 1, window):
+            chunk = torch.tensor([ids[start:start + window + 1]])
+            logits = model(chunk[:, :-1]).float()
+            total += F.cross_entropy(logits[0], chunk[0, 1:], reduction="sum").item()
+            count += chunk.shape[1] - 1
+    return math.exp(total / count)
 
 
-def smollm2(dtype: torch.dtype, new_tokens: int = 128) -> dict[str, float]:
+def llama_bench(gguf: Path, threads: int, prompt: int = 500, new_tokens: int = 128) -> dict[str, float] | None:
+    """llama.cpp's own numbers on the same file and threads: `llama-bench -p 500 -n 128` (built by
+    ../shared/tools/build-llama-cpp.sh, cached); None where it cannot be built."""
+    built = subprocess.run(["bash", str(BUILD_LLAMA), "llama-bench"], capture_output=True, text=True)
+    if built.returncode != 0:
+        print(f"llama.cpp could not be built; it is left out:\n{built.stderr[-1000:]}")
+        return None
+    folder = Path(built.stdout.strip().splitlines()[-1])
+    run = subprocess.run([str(folder / "llama-bench"), "-m", str(gguf), "-t", str(threads), "-p", str(prompt),
+                          "-n", str(new_tokens), "-o", "json"], capture_output=True, text=True,
+                         env={**os.environ, "LD_LIBRARY_PATH": str(folder)})
+    if run.returncode != 0:
+        print(f"llama-bench failed; it is left out:\n{run.stderr[-1000:]}")
+        return None
+    rows = json.loads(run.stdout)
+    rate = {("prompt" if r["n_prompt"] else "decode"): r["avg_ts"] for r in rows}
+    return {"llama_cpp_decode_tokens_per_second": rate["decode"],
+            "llama_cpp_prompt_tokens_per_second": rate["prompt"], "llama_cpp_build": rows[0].get("build_commit")}
+
+
+def smollm2(new_tokens: int = 128) -> dict:
+    """SmolLM2-135M-Instruct: ours in each quantize mode against float32, transformers and llama.cpp."""
     import transformers
 
     from transformerkit.loading import resolve_alias
+    from transformerkit.quantize import weight_bytes
 
     path = resolve_alias("smollm2")
-    ours = tk.load("smollm2", device="cpu", dtype=dtype)
-    prompt = ours.tokenizer.encode("<|im_start|>user\nTell me a long story about a lighthouse keeper.<|im_end|>\n"
-                                   "<|im_start|>assistant\n").ids
-    options = GenerationOptions(max_new_tokens=new_tokens, stop_tokens=[])
-    ours_config = ours.config
-    ours_eos = ours_config.eos_id
-    ours.config = ours_config.replace(eos_id=ours_config.vocab_size - 1)  # forced length: no early stop
-    generate_ids(ours, [prompt], GenerationOptions(max_new_tokens=4))  # warm up
-    start = time.perf_counter()
-    out = generate_ids(ours, [prompt], options)[0]
-    ours_seconds = time.perf_counter() - start
-    ours.config = ours_config
-    assert len(out) == new_tokens
-    hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype).eval()
+    threads = torch.get_num_threads()
+    held_out = (data_dir() / "tinyshakespeare" / "input.txt").read_text()[-6000:]  # text none of the prompts use
+    long_text = "The lighthouse keeper counted the waves. " * 600
+    modes, float_logits = {}, None
+    for mode in ("none", "int8", "gguf"):
+        model = tk.load("smollm2", device="cpu", quantize=None if mode == "none" else mode)
+        tokenizer = model.tokenizer
+        prompt = tokenizer.encode("<|im_start|>user\nTell me a long story about a lighthouse keeper.<|im_end|>\n"
+                                  "<|im_start|>assistant\n").ids
+        probe = torch.tensor([tokenizer.encode("The capital of France is Paris, and the capital of Italy is").ids])
+        with torch.no_grad():
+            logits = model(probe).float()
+        float_logits = logits if float_logits is None else float_logits
+        timed_generate(model, prompt, 4)  # warm up: first-call allocations, kernel layouts
+        long_prompt = tokenizer.encode(long_text).ids
+        modes[mode] = {
+            "decode_tokens_per_second": new_tokens / timed_generate(model, prompt, new_tokens),
+            "prompt_tokens_per_second": 500 / timed_generate(model, long_prompt[:500], 1),
+            "ttft_500_seconds": timed_generate(model, long_prompt[:500], 1),
+            "weight_bytes": weight_bytes(model),
+            "perplexity": perplexity(model, tokenizer.encode(held_out).ids),
+            "logits_max_abs_diff": (logits - float_logits).abs().max().item(),
+            "logits_mean_abs_diff": (logits - float_logits).abs().mean().item(),
+            "same_argmax": bool((logits.argmax(-1) == float_logits.argmax(-1)).all()),
+        }
+        if mode == "gguf":
+            modes[mode]["decode_tokens_per_second_by_context"] = {
+                str(n): decode_rate(model, long_prompt[:n], 32) for n in (100, 1000, 4000)}
+        print(f"  ours, quantize={mode}: {modes[mode]['decode_tokens_per_second']:.1f} tokens/s, "
+              f"perplexity {modes[mode]['perplexity']:.3f}", flush=True)
+        del model
+    best = max(modes, key=lambda m: modes[m]["decode_tokens_per_second"])
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                           dtype=torch.float32).eval()
     ids = torch.tensor([prompt])
     with torch.no_grad():
-        hf.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=ours_eos)
+        hf.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0)
         start = time.perf_counter()
-        hf.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=ours_eos)
+        hf.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
         hf_seconds = time.perf_counter() - start
-    weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
-    bandwidth = copy_bandwidth()
-    long_prompt = (ours.tokenizer.encode("The lighthouse keeper counted the waves. " * 80).ids * 60)
-    state = ours.start(1, 600)
-    with torch.no_grad():
-        start = time.perf_counter()
-        ours.step(torch.tensor([long_prompt[:500]]), state)
-        ttft = time.perf_counter() - start
-    by_context = {str(n): decode_speed(ours, long_prompt[:n], 32) for n in (100, 1000, 4000)}
-    return {"smollm2_decode_tokens_per_second": new_tokens / ours_seconds,
+    del hf
+    float_bytes = modes["none"]["weight_bytes"]
+    return {"smollm2_decode_tokens_per_second": modes[best]["decode_tokens_per_second"], "smollm2_quantize": best,
+            "smollm2_threads": threads, "smollm2_weight_bytes": modes[best]["weight_bytes"],
+            "smollm2_file_bytes": path.stat().st_size, "smollm2_modes": modes,
             "hf_decode_tokens_per_second": new_tokens / hf_seconds,
-            "bandwidth_ceiling_tokens_per_second": bandwidth / weight_bytes, "weight_bytes": weight_bytes,
-            "copy_bandwidth_gb_per_second": bandwidth / 1e9, "ttft_500_seconds": ttft,
-            "decode_tokens_per_second_by_context": by_context}
+            "bandwidth_ceiling_tokens_per_second": copy_bandwidth() / modes[best]["weight_bytes"],
+            "float32_bandwidth_ceiling_tokens_per_second": copy_bandwidth() / float_bytes,
+            "ttft_500_seconds": modes[best]["ttft_500_seconds"],
+            "prompt_tokens_per_second": modes[best]["prompt_tokens_per_second"],
+            "decode_tokens_per_second_by_context": modes["gguf"]["decode_tokens_per_second_by_context"],
+            **(llama_bench(path, threads) or {})}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shakespeare-run", help="a finished shakespeare-char run folder")
+    parser.add_argument("--shakespeare-run", help="a finished shakespeare-char (or -hour) run folder")
     parser.add_argument("--tokens-steps", type=int, default=200, help="steps for the fp32/bf16 loss comparison")
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="SmolLM2 decoding dtype")
+    parser.add_argument("--skip-training", action="store_true", help="SmolLM2 and llama.cpp only")
     args = parser.parse_args()
     keep_freed_memory()
-    recipe = load_recipe("shakespeare-char")
-    setup = prepare(recipe, run_dir="runs/bench-llm")
-    speeds = train_throughput(setup)
-    losses = loss_after_same_tokens(recipe, args.tokens_steps, Path("runs/bench-llm"))
-    decode = smollm2(torch.float32 if args.dtype == "fp32" else torch.bfloat16)
-    result = {"train_tokens_per_second": speeds["ours_bf16"], "train_tokens_per_second_fp32": speeds["ours_fp32"],
-              "reference_train_tokens_per_second": speeds["nanogpt_fp32"],
-              "reference_train_tokens_per_second_bf16": speeds["nanogpt_bf16"],
-              "bf16_speedup_over_fp32": speeds["ours_bf16"] / speeds["ours_fp32"],
-              "val_loss_after_same_tokens": losses, "val_loss_bf16_minus_fp32": losses["bf16"] - losses["fp32"],
-              **decode, "decode_dtype": args.dtype, "machine": machine()}
+    runtime.choose_threads()
+    native = runtime.native_bf16("cpu")
+    result: dict = {**machine_facts()}
+    rows = []
+    if not args.skip_training:
+        recipe = load_recipe("shakespeare-char")
+        for precision in ["fp32", "bf16"] if native else ["fp32"]:  # emulated bf16 trains nobody's model
+            speeds = train_throughput(recipe, precision)
+            result[f"train_tokens_per_second_{precision}"] = speeds["ours"]
+            result[f"reference_train_tokens_per_second_{precision}"] = speeds["nanogpt"]
+            rows.append((f"train tok/s {precision}", round(speeds["ours"]), round(speeds["nanogpt"])))
+        auto = "bf16" if native and runtime.choose_precision("auto", "cpu", 384).name == "bf16" else "fp32"
+        result["precision"] = auto
+        result["train_tokens_per_second"] = result[f"train_tokens_per_second_{auto}"]
+        result["reference_train_tokens_per_second"] = result[f"reference_train_tokens_per_second_{auto}"]
+        if native:
+            losses = loss_after_same_tokens(recipe, args.tokens_steps, Path("runs/bench-llm"))
+            result.update(val_loss_after_same_tokens=losses, val_loss_bf16_minus_fp32=losses["bf16"] - losses["fp32"])
     if args.shakespeare_run:
         records = [json.loads(line) for line in Path(args.shakespeare_run, "metrics.jsonl").read_text().splitlines()]
+        result["shakespeare_recipe"] = json.loads(Path(args.shakespeare_run, "recipe.json").read_text())["name"]
         result["shakespeare_val_loss"] = min(r["val_loss"] for r in records if "val_loss" in r)
         result["shakespeare_train_seconds"] = records[-1]["summary"]["train_seconds"]
-    print(f"on {result['machine']}")
-    print_table([("train tok/s fp32", round(speeds["ours_fp32"]), round(speeds["nanogpt_fp32"])),
-                 ("train tok/s bf16", round(speeds["ours_bf16"]), round(speeds["nanogpt_bf16"])),
-                 ("SmolLM2 decode tok/s", round(decode["smollm2_decode_tokens_per_second"], 1),
-                  round(decode["hf_decode_tokens_per_second"], 1))], ("measure", "ours", "reference"))
-    print(f"bandwidth ceiling {decode['bandwidth_ceiling_tokens_per_second']:.1f} tok/s; TTFT(500) "
-          f"{decode['ttft_500_seconds']:.2f} s; by context {decode['decode_tokens_per_second_by_context']}")
-    print(f"wrote {write_json('llm.json', result)}")
+    decode = smollm2()
+    result.update(decode)
+    print(f"on {result['machine']}; {threads_line()}")
+    rows += [(f"SmolLM2 decode tok/s (ours: {decode['smollm2_quantize']}; transformers fp32)",
+              round(decode["smollm2_decode_tokens_per_second"], 1), round(decode["hf_decode_tokens_per_second"], 1))]
+    if "llama_cpp_decode_tokens_per_second" in decode:
+        rows += [("SmolLM2 decode tok/s (llama.cpp)", round(decode["smollm2_decode_tokens_per_second"], 1),
+                  round(decode["llama_cpp_decode_tokens_per_second"], 1)),
+                 ("SmolLM2 prompt tok/s, 500 tokens (llama.cpp)", round(decode["prompt_tokens_per_second"], 1),
+                  round(decode["llama_cpp_prompt_tokens_per_second"], 1))]
+    print_table(rows, ("measure", "ours", "reference"))
+    print_table([(mode, round(m["decode_tokens_per_second"], 1), round(m["prompt_tokens_per_second"]),
+                  f"{m['weight_bytes'] / 1e6:.0f} MB", round(m["perplexity"], 3), f"{m['logits_mean_abs_diff']:.3f}",
+                  m["same_argmax"]) for mode, m in decode["smollm2_modes"].items()],
+                ("quantize", "decode tok/s", "prompt tok/s", "tensors", "perplexity", "mean |logit diff|",
+                 "same argmax"))
+    print(f"bandwidth ceiling {decode['bandwidth_ceiling_tokens_per_second']:.1f} tok/s; by context "
+          f"{decode['decode_tokens_per_second_by_context']}")
+    print(f"wrote {write_json(f'llm-{machine_kind()}.json', result)}")
 
 
 if __name__ == "__main__":

@@ -43,9 +43,11 @@ def greedy(model, state, logits, steps: int) -> tuple[list[list[int]], torch.Ten
     return out, logits
 
 
-def alone(model, name: str, steps: int) -> list[int]:
+def alone(model, name: str, steps: int, with_logits: bool = False):
+    """The tokens a prompt decodes to by itself (and the logits after the last of them)."""
     state, logits = prefill(model, [PROMPTS[name]], steps)
-    return greedy(model, state, logits, steps)[0][0]
+    out, logits = greedy(model, state, logits, steps)
+    return (out[0], logits[0]) if with_logits else out[0]
 
 
 def test_a_request_that_joins_a_running_batch_decodes_as_it_would_alone(model):
@@ -65,9 +67,11 @@ def test_a_longer_newcomer_pads_the_running_rows(model):
     newcomer, new_logits = prefill(model, [PROMPTS["c"], PROMPTS["a"]], 10)  # itself a padded batch
     state.join(newcomer)
     assert state.length == len(PROMPTS["c"])
-    rest, _ = greedy(model, state, torch.cat([logits, new_logits]), 8)
-    assert first[0] + rest[0] == alone(model, "b", 10)
-    assert rest[1] == alone(model, "c", 8) and rest[2] == alone(model, "a", 8)
+    rest, last = greedy(model, state, torch.cat([logits, new_logits]), 8)
+    for row, (name, steps) in enumerate([("b", 10), ("c", 8), ("a", 8)]):
+        tokens, logits_alone = alone(model, name, steps, with_logits=True)
+        assert (first[0] if row == 0 else []) + rest[row] == tokens
+        torch.testing.assert_close(last[row], logits_alone, atol=1e-4, rtol=1e-4)  # positions too, not just argmax
 
 
 def test_positions_left_by_finished_rows_are_dropped_on_join(model):

@@ -158,3 +158,17 @@ def test_a_run_stopped_long_before_its_plan_says_so(data_env, tmp_path, capsys):
     assert summary["finished"] == "max_minutes" and not summary["learned"]
     err = capsys.readouterr().err
     assert "too early to learn" in err and "tokens/s" in err
+
+
+@pytest.mark.parametrize("minutes, between", [(1e-6, [1, 2, 3, 4, 5]), (0, [])])
+def test_last_is_saved_on_a_time_interval_between_evaluations(minutes, between, data_env, tmp_path, monkeypatch):
+    from transformerkit.training.run_folder import RunFolder
+
+    steps = []
+    save_last = RunFolder.save_last
+    monkeypatch.setattr(RunFolder, "save_last",
+                        lambda self, model, state: (steps.append(state["progress"]["step"]),
+                                                    save_last(self, model, state)))
+    train_recipe(tiny_recipe("training.max_steps=6", "training.eval_every=0",
+                             f"training.checkpoint_minutes={minutes}"), tmp_path / "run", progress_bar=False)
+    assert [s for s in steps if 0 < s < 6] == between  # besides the start and the end, only when time says so
