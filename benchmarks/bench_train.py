@@ -124,14 +124,20 @@ def reference_loss(model, batch, label_smoothing: float):
     return F.cross_entropy(logits[mask].float(), batch.target_out[mask], label_smoothing=label_smoothing)
 
 
-def seconds_per_step(step, batches, steps: int) -> float:
-    """Seconds per step after two untimed warm-up steps."""
-    for i in range(2):
-        step(batches[i % len(batches)])
-    start = time.perf_counter()
-    for i in range(steps):
-        step(batches[(i + 2) % len(batches)])
-    return (time.perf_counter() - start) / steps
+def seconds_per_step(steps: dict, batches, n: int) -> dict[str, float]:
+    """Seconds per step of each of `steps` (name -> step(batch)) after two untimed warm-up steps each, the
+    steps taken in turn (ours, then the reference, then ours ...) so that a machine whose speed drifts from
+    minute to minute slows both alike."""
+    for step in steps.values():
+        for i in range(2):
+            step(batches[i % len(batches)])
+    seconds = dict.fromkeys(steps, 0.0)
+    for i in range(n):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step(batches[(i + 2) % len(batches)])
+            seconds[name] += time.perf_counter() - start
+    return {name: total / n for name, total in seconds.items()}
 
 
 def reference_step(model, precision: str, label_smoothing: float):
@@ -163,9 +169,10 @@ def main() -> None:
         for precision in precisions:
             trainer, config, batches, flops, smoothing = our_trainer(size, precision, f"runs/bench-train-{size}")
             tokens = sum(b.n_tokens for b in batches) / len(batches)
-            ours = seconds_per_step(lambda b: trainer.step([b]), batches, steps)
             reference = reference_model(config)
-            ref = seconds_per_step(reference_step(reference, precision, smoothing), batches, steps)
+            timed = seconds_per_step({"ours": lambda b: trainer.step([b]),
+                                      "reference": reference_step(reference, precision, smoothing)}, batches, steps)
+            ours, ref = timed["ours"], timed["reference"]
             row = {"size": size, "dtype": precision, "mode": "train", "ours_tokens_per_second": tokens / ours,
                    "reference_tokens_per_second": tokens / ref, "speedup": ref / ours,
                    "mfu": flops * tokens / ours / ceilings[precision],
