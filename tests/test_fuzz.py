@@ -43,6 +43,7 @@ RUNS = itertools.count()
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(items=st.lists(st.tuples(st.sampled_from(KEYS), VALUES), max_size=3))
 @example(items=[("model.preset", "[1, 2]")])  # found by this test: a list where a preset's name goes
+@example(items=[("task", "[1, 2]")])  # and where the task's name goes
 def test_random_recipe_overrides_end_in_0_or_2_never_a_traceback(items, data_env, tmp_path, capsys):
     bounded = ["training.max_steps=1", "training.eval_every=0", "training.max_minutes=1"]  # any run stays short
     argv = ["train", "multi30k-de-en", "--out", str(tmp_path / f"run{next(RUNS)}"), "--no-progress"]

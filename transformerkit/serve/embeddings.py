@@ -18,7 +18,7 @@ router = APIRouter()
 async def embeddings(body: EmbeddingRequest, request: Request):
     served = request.app.state.registry.get(body.model, "embeddings")
     model = served.model
-    texts = [body.input] if isinstance(body.input, str) else body.input
+    texts = body.texts
     counts = _token_counts(model, texts)
     vectors = (await served.run(lambda: model.embed(texts))).numpy().astype("<f4")  # (N, d)
     data = [{"object": "embedding", "index": i,

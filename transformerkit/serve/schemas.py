@@ -88,6 +88,11 @@ class Inputs(Strict):
             raise ValueError(f"at most {cls.MAX_INPUTS} inputs in one request")
         return value
 
+    @property
+    def texts(self) -> list[str]:
+        """`input` as a list, whichever form the client sent."""
+        return [self.input] if isinstance(self.input, str) else self.input
+
 
 class EmbeddingRequest(Inputs):
     MAX_INPUTS = 2048

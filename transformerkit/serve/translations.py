@@ -25,7 +25,7 @@ router = APIRouter()
 async def translations(body: TranslationRequest, request: Request):
     served = request.app.state.registry.get(body.model, "translations")
     model = served.model
-    sentences = [body.input] if isinstance(body.input, str) else body.input
+    sentences = body.texts
     lengths = [len(ids) for ids in encode(model.source_tokenizer, sentences)]
     positions = getattr(model.config, "positions", "none")  # a recurrent model has no position table
     limit = model.config.max_len - 1 if positions in ("sinusoidal", "learned") else None  # and the end token

@@ -17,6 +17,6 @@ def prepare(recipe: dict[str, Any], **kwargs: Any) -> Setup:
              "masked_lm": masked_lm.prepare, "classification": classification.prepare,
              "sentence_embedding": contrastive.prepare}
     name = recipe.get("task")
-    if name not in tasks:
+    if not isinstance(name, str) or name not in tasks:  # a TOML list or table is no task's name either
         raise ConfigError(f"task: {name!r} is not a known task; choose one of {', '.join(tasks)}")
     return tasks[name](recipe, **kwargs)
