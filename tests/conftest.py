@@ -1,9 +1,13 @@
 """Shared test set-up: one thread (two cores are shared; oversubscribed threads run 8x slower), fixed seeds,
 and a small slice of Multi30k in a temporary data directory."""
 
+import contextlib
 import gzip
 import importlib.util
+import io
 import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -22,6 +26,31 @@ SLICE = {"train": 400, "val": 40, "test_2016_flickr": 40}
 TINY = ["model.preset=transformer-tiny", "model.d_model=32", "model.d_ff=64", "model.n_layers=1", "model.n_heads=2",
         "tokenizer.vocab_size=300", "data.batch_tokens=600", "training.warmup_steps=2", "training.lr=3e-3",
         "training.log_every=1", "training.snapshot_every=0", "training.average_last=0", "data.val_sentences=8"]
+
+
+def run_main(*argv, stdin: str | bytes | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`transformerkit ARGV` run in-process (a subprocess spends two seconds importing torch): its exit code,
+    stdout and stderr, as subprocess.run would return them. An exception escaping `main` fails the test, as a
+    traceback would; `env` replaces the environment for the call."""
+    from transformerkit.cli import main
+
+    out, err, saved = io.StringIO(), io.StringIO(), dict(os.environ)
+    if env is not None:
+        os.environ.clear()
+        os.environ.update(env)
+    if stdin is not None:
+        sys.stdin = io.TextIOWrapper(io.BytesIO(stdin if isinstance(stdin, bytes) else stdin.encode()))
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in argv])
+            except SystemExit as exit:  # argparse
+                code = exit.code
+    finally:
+        sys.stdin = sys.__stdin__
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(list(argv), code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(autouse=True)

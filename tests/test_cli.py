@@ -8,6 +8,8 @@ import pytest
 import transformerkit as tk
 from transformerkit.cli import main
 
+from .conftest import run_main
+
 
 def test_presets(capsys):
     assert main(["presets"]) == 0
@@ -27,10 +29,17 @@ def test_info_and_export(tmp_path, capsys):
 @pytest.mark.parametrize("argv", [["info", "/no/such/model"], ["export", "/no/such/model", "--to", "hf", "out"],
                                   ["no-such-command"], ["info"]])
 def test_bad_input_is_one_line_and_exit_2(argv):
-    result = subprocess.run([sys.executable, "-m", "transformerkit", *argv], capture_output=True, text=True)
+    result = run_main(*argv)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "error" in result.stderr
-    assert "Traceback" not in result.stderr
+
+
+def test_the_installed_command_exits_2_with_one_line_and_no_traceback():
+    """What the in-process runner cannot see: the interpreter itself, as a user runs it."""
+    result = subprocess.run([sys.executable, "-m", "transformerkit", "info", "/no/such/model"], capture_output=True,
+                            text=True)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
 TINY_SET = ["--set", "model.preset=transformer-tiny", "--set", "model.d_model=32", "--set", "model.d_ff=64",
@@ -40,9 +49,7 @@ TINY_SET = ["--set", "model.preset=transformer-tiny", "--set", "model.d_model=32
             "--set", "training.warmup_steps=10"]
 
 
-def run_cli(*argv, stdin=None, env=None):
-    return subprocess.run([sys.executable, "-m", "transformerkit", *argv], capture_output=True, text=True,
-                          input=stdin, env=env)
+run_cli = run_main  # in-process; test_the_installed_command_... runs the real `python -m transformerkit`
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 traceback, never a hang, never a checkpoint that lies. Commands run in-process (fast) unless a signal or a
 second process is the point."""
 
-import io
 import json
 import os
 import shutil
@@ -17,25 +16,17 @@ import torch
 import transformerkit as tk
 from transformerkit.cli import main
 
-from .conftest import TINY
+from .conftest import TINY, run_main
 
 
 def sets(*items):
     return [arg for item in [*TINY, *items] for arg in ("--set", item)]
 
 
-def cli(capsys, *argv, stdin=None):
+def cli(*argv, stdin=None):
     """Run a command in-process: (exit code, stdout, stderr)."""
-    if stdin is not None:
-        sys.stdin = io.TextIOWrapper(io.BytesIO(stdin if isinstance(stdin, bytes) else stdin.encode()))
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit:  # argparse
-        code = exit.code
-    finally:
-        sys.stdin = sys.__stdin__
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    result = run_main(*argv, stdin=stdin)
+    return result.returncode, result.stdout, result.stderr
 
 
 def refused(code, err, *words):
@@ -69,49 +60,49 @@ def run(tiny_run):
     ("foo.bar=1", ["unknown table [foo]"]),
     ("training.max_step=4", ["max_step", "unknown key", "did you mean 'max_steps'"]),
 ])
-def test_a_bad_recipe_value_is_one_line_naming_the_field(item, words, data_env, tmp_path, capsys):
-    code, _, err = cli(capsys, "train", "multi30k-de-en", "--out", tmp_path / "run", *sets("training.max_steps=2",
+def test_a_bad_recipe_value_is_one_line_naming_the_field(item, words, data_env, tmp_path):
+    code, _, err = cli("train", "multi30k-de-en", "--out", tmp_path / "run", *sets("training.max_steps=2",
                                                                                             item))
     refused(code, err, *words)
     assert not (tmp_path / "run" / "last").exists()  # refused before anything was trained or written
 
 
-def test_a_bad_rnn_recipe_value_and_an_unknown_table_in_a_file(data_env, tmp_path, capsys):
-    code, _, err = cli(capsys, "train", "multi30k-de-en-gru", "--out", tmp_path / "rnn",
+def test_a_bad_rnn_recipe_value_and_an_unknown_table_in_a_file(data_env, tmp_path):
+    code, _, err = cli("train", "multi30k-de-en-gru", "--out", tmp_path / "rnn",
                        "--set", "model.hidden_size=big", "--set", "data.val_sentences=8")
     refused(code, err, "hidden_size", "an integer")
     recipe = tmp_path / "mine.toml"
     recipe.write_text('task = "translation"\n[data]\nsource = "de"\ntarget = "en"\n[optimizer]\nname = "sgd"\n'
                       '[training]\nmax_steps = 1\n')
-    code, _, err = cli(capsys, "train", recipe, "--out", tmp_path / "file-run")
+    code, _, err = cli("train", recipe, "--out", tmp_path / "file-run")
     refused(code, err, "unknown table [optimizer]")
 
 
 @pytest.mark.parametrize("item, words", [("data.max_sentence_tokens=1", ["nothing is left to train on"])])
-def test_training_data_filtered_to_nothing_stops_at_once(item, words, data_env, tmp_path, capsys):
+def test_training_data_filtered_to_nothing_stops_at_once(item, words, data_env, tmp_path):
     start = time.perf_counter()
-    code, _, err = cli(capsys, "train", "multi30k-de-en", "--out", tmp_path / "run", *sets("training.max_steps=5",
+    code, _, err = cli("train", "multi30k-de-en", "--out", tmp_path / "run", *sets("training.max_steps=5",
                                                                                             item))
     refused(code, err, *words)
     assert time.perf_counter() - start < 60
 
 
-def test_empty_corpus_files_stop_at_once(data_env, tmp_path, capsys):
+def test_empty_corpus_files_stop_at_once(data_env, tmp_path):
     paths = {f"{split}_{side}": tmp_path / f"{split}.{lang}"
              for split in ("train", "val") for side, lang in (("source", "de"), ("target", "en"))}
     for path in paths.values():
         path.write_text("")
     files = [f'data.{key}="{path}"' for key, path in paths.items()]
-    code, _, err = cli(capsys, "train", "multi30k-de-en", "--out", tmp_path / "run",
+    code, _, err = cli("train", "multi30k-de-en", "--out", tmp_path / "run",
                        *sets("training.max_steps=5", 'data.corpus="files"', *files))
     refused(code, err, "no sentence pairs to train on")
 
 
 # --------------------------------------------------------------------------------------------- NaN
 
-def test_a_nan_stops_the_run_keeps_only_finite_checkpoints_and_resume_recovers(data_env, tmp_path, capsys):
+def test_a_nan_stops_the_run_keeps_only_finite_checkpoints_and_resume_recovers(data_env, tmp_path):
     folder = tmp_path / "run"
-    code, _, err = cli(capsys, "train", "multi30k-de-en", "--out", folder, "--no-progress",
+    code, _, err = cli("train", "multi30k-de-en", "--out", folder, "--no-progress",
                        *sets("training.lr=1e6", "training.eval_every=1", "training.max_steps=30"))
     assert code == 2 and "Traceback" not in err
     last_line = err.strip().splitlines()[-1]
@@ -122,49 +113,49 @@ def test_a_nan_stops_the_run_keeps_only_finite_checkpoints_and_resume_recovers(d
         if (folder / checkpoint).exists():
             assert all(torch.isfinite(t).all() for t in load_file(folder / checkpoint / "model.safetensors").values())
     state = torch.load(folder / "last" / "trainer_state.pt", weights_only=False)
-    code, _, err = cli(capsys, "train", "--resume", folder, "--no-progress", "--set", "training.lr=1e-3",
+    code, _, err = cli("train", "--resume", folder, "--no-progress", "--set", "training.lr=1e-3",
                        "--set", f"training.max_steps={state['progress']['step'] + 2}")
     assert code == 0, err
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("changed", {}).get("training.lr") == [1e6, 1e-3] for r in records)
 
 
-def test_resume_refuses_changes_to_what_was_trained(run, tmp_path, capsys):
+def test_resume_refuses_changes_to_what_was_trained(run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
-    code, _, err = cli(capsys, "train", "--resume", copy, "--set", "model.d_model=64")
+    code, _, err = cli("train", "--resume", copy, "--set", "model.d_model=64")
     refused(code, err, "--set model.d_model: cannot change when resuming")
 
 
 # --------------------------------------------------------------------------------------------- broken files
 
 @pytest.mark.parametrize("name", ["last/model.safetensors", "last/trainer_state.pt", "last/tokenizer.json"])
-def test_a_truncated_file_is_one_line(name, run, tmp_path, capsys):
+def test_a_truncated_file_is_one_line(name, run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
     data = (copy / name).read_bytes()
     (copy / name).write_bytes(data[: len(data) // 2])
-    code, _, err = cli(capsys, "train", "--resume", copy, "--set", "training.max_steps=6")
+    code, _, err = cli("train", "--resume", copy, "--set", "training.max_steps=6")
     refused(code, err, name.split("/")[-1])
     if name != "last/trainer_state.pt":
         shutil.rmtree(copy / "averaged", ignore_errors=True)
         shutil.rmtree(copy / "best", ignore_errors=True)
-        code, _, err = cli(capsys, "translate", copy, stdin="Ein Hund.\n")
+        code, _, err = cli("translate", copy, stdin="Ein Hund.\n")
         refused(code, err, name.split("/")[-1])
 
 
-def test_leftovers_of_an_interrupted_save_are_recovered_on_resume(run, tmp_path, capsys):
+def test_leftovers_of_an_interrupted_save_are_recovered_on_resume(run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
     (copy / ".last.tmp-deadbeef").mkdir()  # a save killed while writing
     (copy / "last").rename(copy / ".last.old-cafebabe")  # a save killed between its two renames
-    code, _, err = cli(capsys, "train", "--resume", copy, "--no-progress", "--set", "training.max_steps=5")
+    code, _, err = cli("train", "--resume", copy, "--no-progress", "--set", "training.max_steps=5")
     assert code == 0, err
     assert (copy / "last" / "trainer_state.pt").exists()
     assert not list(copy.glob(".last.*"))
 
 
-def test_a_resumed_run_replays_no_duplicate_records(data_env, tmp_path, capsys, monkeypatch):
+def test_a_resumed_run_replays_no_duplicate_records(data_env, tmp_path, monkeypatch):
     from transformerkit.training.trainer import Trainer
 
     folder = tmp_path / "run"
@@ -187,7 +178,7 @@ def test_a_resumed_run_replays_no_duplicate_records(data_env, tmp_path, capsys, 
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]  # step 4 replayed, not repeated
 
 
-def test_a_run_folder_is_locked_while_a_process_trains_in_it(run, tmp_path, capsys):
+def test_a_run_folder_is_locked_while_a_process_trains_in_it(run, tmp_path):
     from transformerkit.training.run_folder import RunFolder
 
     copy = tmp_path / "copy"
@@ -195,28 +186,28 @@ def test_a_run_folder_is_locked_while_a_process_trains_in_it(run, tmp_path, caps
     holder = RunFolder(copy)
     holder.lock()
     try:
-        code, _, err = cli(capsys, "train", "--resume", copy, "--set", "training.max_steps=6")
+        code, _, err = cli("train", "--resume", copy, "--set", "training.max_steps=6")
         refused(code, err, f"process {os.getpid()} is training in this folder")
     finally:
         holder.unlock()
 
 
-def test_a_start_that_failed_before_its_first_checkpoint_can_be_started_again(data_env, tmp_path, capsys):
+def test_a_start_that_failed_before_its_first_checkpoint_can_be_started_again(data_env, tmp_path):
     folder = tmp_path / "run"
     folder.mkdir()
     (folder / "recipe.json").write_text("{}")  # what a start killed at once leaves
-    code, _, err = cli(capsys, "train", "--resume", folder)
+    code, _, err = cli("train", "--resume", folder)
     refused(code, err, "stopped before its first checkpoint", "--out")
-    code, _, err = cli(capsys, "train", "multi30k-de-en", "--out", folder, "--no-progress",
+    code, _, err = cli("train", "multi30k-de-en", "--out", folder, "--no-progress",
                        *sets("training.max_steps=2", "training.eval_every=0"))
     assert code == 0, err
 
 
 # --------------------------------------------------------------------------------------------- signals
 
-def test_sigterm_saves_and_exits_143_then_the_run_resumes(multi30k_dir, tmp_path):
+def test_sigterm_saves_and_exits_143_then_the_run_resumes(data_env, tmp_path):
     folder = tmp_path / "run"
-    env = {**os.environ, "TRANSFORMERKIT_DATA": str(multi30k_dir), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "TRANSFORMERKIT_DATA": str(data_env), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen([sys.executable, "-m", "transformerkit", "train", "multi30k-de-en", "--out",
                                 str(folder), "--no-progress", *sets("training.max_steps=100000",
                                                                     "training.eval_every=0")],
@@ -234,15 +225,14 @@ def test_sigterm_saves_and_exits_143_then_the_run_resumes(multi30k_dir, tmp_path
     assert err.strip().splitlines()[-1].startswith("transformerkit train: interrupted at step")
     assert "resume with: transformerkit train --resume" in err and "Traceback" not in err
     step = torch.load(folder / "last" / "trainer_state.pt", weights_only=False)["progress"]["step"]
-    result = subprocess.run([sys.executable, "-m", "transformerkit", "train", "--resume", str(folder), "--no-progress",
-                             "--set", f"training.max_steps={step + 1}"], capture_output=True, text=True, env=env)
-    assert result.returncode == 0, result.stderr
+    code, _, err = cli("train", "--resume", folder, "--no-progress", "--set", f"training.max_steps={step + 1}")
+    assert code == 0, err
 
 
 # --------------------------------------------------------------------------------------------- commands
 
-def test_invalid_utf8_on_stdin_is_replaced_with_one_warning(run, capsys):
-    code, out, err = cli(capsys, "translate", run, "--greedy", stdin=b"Ein Hund.\n\xff\xfe kaputt \xc3\n\nEnde.\n")
+def test_invalid_utf8_on_stdin_is_replaced_with_one_warning(run):
+    code, out, err = cli("translate", run, "--greedy", stdin=b"Ein Hund.\n\xff\xfe kaputt \xc3\n\nEnde.\n")
     assert code == 0, err
     assert len(out.splitlines()) == 4 and out.splitlines()[2] == ""
     assert err.count("not valid UTF-8") == 1
@@ -262,22 +252,22 @@ def test_invalid_utf8_on_stdin_is_replaced_with_one_warning(run, capsys):
     (["generate", "RUN", "--prompt", "x", "--top-k", "-3"], ["top_k", "0 or more"]),
     (["generate", "RUN", "--prompt", "Ein Hund."], ["use `transformerkit translate"]),
 ])
-def test_bad_command_line_input_is_one_line(argv, words, run, tmp_path, capsys):
+def test_bad_command_line_input_is_one_line(argv, words, run, tmp_path):
     existing = tmp_path / "a-file"
     existing.write_text("x\n")
     argv = [str(run) if a == "RUN" else str(existing) if a == "FILE" else a for a in argv]
-    code, _, err = cli(capsys, *argv)
+    code, _, err = cli(*argv)
     refused(code, err, *words)
 
 
-def test_evaluate_writes_into_the_run_folder_where_training_does_not_delete_it(run, tmp_path, capsys):
+def test_evaluate_writes_into_the_run_folder_where_training_does_not_delete_it(run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
-    code, out, err = cli(capsys, "evaluate", copy, "--split", "val", "--greedy")
+    code, out, err = cli("evaluate", copy, "--split", "val", "--greedy")
     assert code == 0, err
     written = copy / "evaluation-val-beam1.json"
     assert written.exists() and not list((copy / "averaged").glob("evaluation-*"))
-    assert cli(capsys, "train", "--resume", copy, "--no-progress", "--set", "training.max_steps=5")[0] == 0
+    assert cli("train", "--resume", copy, "--no-progress", "--set", "training.max_steps=5")[0] == 0
     assert written.exists()
 
 

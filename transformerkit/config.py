@@ -16,7 +16,7 @@ from .errors import ConfigError
 
 Family = Literal["encoder", "decoder", "encoder-decoder"]
 Positions = Literal["sinusoidal", "learned", "rope", "none"]
-Norm = Literal["layernorm", "rmsnorm"]
+Norm = Literal["layernorm", "rmsnorm", "none"]
 NormPosition = Literal["post", "pre"]
 Activation = Literal["relu", "gelu", "gelu_tanh", "swiglu"]
 Init = Literal["xavier", "normal"]
@@ -151,7 +151,7 @@ class ModelConfig(Config):
     positions: Positions = "sinusoidal"
     # RoPE base: a larger theta stretches the longest wavelength, for longer contexts
     rope_theta: float = 10000.0
-    # LayerNorm (2017, GPT-2, BERT) or RMSNorm (LLaMA: no mean subtraction, no bias)
+    # LayerNorm (2017, GPT-2, BERT) or RMSNorm (LLaMA: no mean subtraction, no bias); none only to see why (lab)
     norm: Norm = "layernorm"
     # added to the variance inside the square root, so a flat vector does not divide by zero
     norm_eps: float = 1e-5
@@ -187,6 +187,14 @@ class ModelConfig(Config):
     pooling: Pooling = "mean"
     # encoder: L2-normalise sentence vectors (cosine similarity becomes a dot product)
     normalize_embeddings: bool = False
+    # The three switches below exist to take a part out and measure what it was for (`transformerkit lab`);
+    # every real model keeps them on.
+    # y = x + f(x) around every sub-layer; False: y = f(x), the skip path cut
+    residual: bool = True
+    # divide attention scores by sqrt(d_head); False: raw dot products, which saturate softmax as d_head grows
+    scale_attention: bool = True
+    # a decoder's self-attention sees only earlier positions; False: it sees the future it is asked to predict
+    causal: bool = True
     # weight init: xavier uniform (2017 paper, fairseq) or normal(0, 0.02) with scaled residual projections (GPT-2)
     init: Init = "normal"
     # special token ids the models and decoders need: padding, start and end of sequence

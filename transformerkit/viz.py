@@ -108,10 +108,7 @@ def heatmaps(weights: dict[str, list[Tensor]], source_tokens: list[str], target_
                 if h >= H:
                     ax.axis("off")
                     continue
-                ax.imshow(w[h].float().numpy(), cmap="viridis", vmin=0, vmax=1)
-                ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=7)
-                ax.set_yticks(range(len(rows)), rows, fontsize=7)
-                ax.set_title(f"head {h}", fontsize=9)
+                attention_panel(ax, w[h], rows, cols, f"head {h}")
             fig.suptitle(f"{kind} attention, layer {layer}")
             fig.tight_layout()
             path = out_dir / f"{kind}-layer{layer}.png"
@@ -119,6 +116,14 @@ def heatmaps(weights: dict[str, list[Tensor]], source_tokens: list[str], target_
             plt.close(fig)
             written.append(path)
     return written
+
+
+def attention_panel(ax, weights: Tensor, rows: list[str], cols: list[str], title: str) -> None:
+    """One head's weights (Tq, Tk) on one matplotlib axis: queries down, keys across, 0 to 1."""
+    ax.imshow(weights.float().numpy(), cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    ax.set_title(title, fontsize=9)
 
 
 @torch.no_grad()

@@ -50,7 +50,7 @@ def test_token_ids_equal_the_reference_tokenizer(both):
 
 
 @pytest.fixture
-def cli(both, monkeypatch, capsys):
+def cli(both, monkeypatch):
     """The commands, in-process, on the model this file already loaded (loading itself is tested above)."""
     from transformerkit import loading
 
@@ -59,7 +59,7 @@ def cli(both, monkeypatch, capsys):
     original = loading.load
     monkeypatch.setattr(loading, "load", lambda path, device=None, dtype=None, quantize=None:
                         both[0] if str(path) == "all-minilm-l6-v2" else original(path, device, dtype, quantize))
-    return lambda *argv, stdin=None: run(capsys, *argv, stdin=stdin)
+    return run
 
 
 def test_embed_and_similar_commands(cli, tmp_path):

@@ -76,3 +76,64 @@ def test_dropout_acts_only_in_training():
     assert not torch.allclose(block(x), block(x))
     block.eval()
     torch.testing.assert_close(block(x), block(x))
+
+
+# ------------------------------------------------------------------ the switches the labs take parts out with
+
+
+def test_without_the_residual_path_a_block_is_its_sublayers_alone():
+    """residual=False: with every sub-layer's output projection zeroed, the block outputs only the norm of zero
+    (its bias), where the residual block passes x through."""
+    x = torch.randn(2, 5, 32)
+    for residual in (True, False):
+        torch.manual_seed(0)
+        block = TransformerBlock(ModelConfig(**{**config("pre").to_dict(), "residual": residual})).eval()
+        with torch.no_grad():
+            for projection in (block.self_attn.o_proj, block.ffn.down_proj):
+                projection.weight.zero_()
+                projection.bias.zero_()
+            out = block(x)
+        torch.testing.assert_close(out, x if residual else torch.zeros_like(x))
+
+
+def test_norm_none_is_the_identity():
+    from transformerkit.nn.norm import make_norm
+
+    x = torch.randn(3, 32)
+    assert torch.equal(make_norm(ModelConfig(**{**config().to_dict(), "norm": "none"}))(x), x)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_scale_attention_off_multiplies_raw_dot_products(fused, monkeypatch):
+    """scale_attention=False equals attention on queries pre-multiplied by sqrt(D), in both kernels."""
+    from transformerkit.nn.attention import MultiHeadAttention
+
+    monkeypatch.setattr("transformerkit.nn.attention._written_out_is_faster", lambda q, k: not fused)
+    torch.manual_seed(0)
+    raw = MultiHeadAttention(ModelConfig(**{**config().to_dict(), "scale_attention": False}))
+    scaled = MultiHeadAttention(config())
+    scaled.load_state_dict(raw.state_dict())
+    with torch.no_grad():
+        D = scaled.head_dim
+        scaled.q_proj.weight.mul_(D ** 0.5)
+        scaled.q_proj.bias.mul_(D ** 0.5)
+    x = torch.randn(2, 6, 32)
+    torch.testing.assert_close(raw(x), scaled(x), atol=1e-5, rtol=1e-5)
+    plain = MultiHeadAttention(config())
+    plain.load_state_dict(raw.state_dict())
+    assert not torch.allclose(raw(x), plain(x), atol=1e-3)  # the switch changes the answer
+
+
+def test_causal_off_lets_a_decoder_see_the_future():
+    from transformerkit.models import build_model
+
+    ids = torch.randint(4, 50, (1, 6))
+    changed = ids.clone()
+    changed[0, -1] = (ids[0, -1] + 1 - 4) % 46 + 4  # another last token
+    for causal in (True, False):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(family="decoder", d_model=32, n_heads=4, d_ff=64, vocab_size=50,
+                                        dropout=0.0, causal=causal)).eval()
+        with torch.no_grad():
+            first = model(ids)[0, 0], model(changed)[0, 0]  # the first position's logits
+        assert torch.equal(*first) == causal

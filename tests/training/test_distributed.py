@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ..conftest import run_main
 from .test_trainer import TINY
 
 LAUNCH = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -47,9 +48,8 @@ def ddp_run(multi30k_dir, tmp_path_factory):
 
 
 def test_two_processes_equal_one_with_the_same_global_batch(ddp_run, multi30k_dir, tmp_path):
-    one = subprocess.run([sys.executable, *TRAIN, "--out", str(tmp_path / "one"),
-                          *settings("training.accumulate=2", *STEPS)],
-                         env=env(multi30k_dir), capture_output=True, text=True)
+    one = run_main(*TRAIN[2:], "--out", tmp_path / "one", *settings("training.accumulate=2", *STEPS),
+                   env=env(multi30k_dir))  # one process: in-process
     assert one.returncode == 0, one.stderr
     assert losses(ddp_run) == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
     assert len(losses(ddp_run)) == 4
@@ -65,8 +65,7 @@ def test_resume_with_another_world_size(ddp_run, multi30k_dir, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(ddp_run, run)
     more_steps(run, 6)
-    second = subprocess.run([sys.executable, "-m", "transformerkit", "train", "--resume", str(run), "--device", "cpu",
-                             "--no-progress"], env=env(multi30k_dir), capture_output=True, text=True, timeout=300)
+    second = run_main("train", "--resume", run, "--device", "cpu", "--no-progress", env=env(multi30k_dir))
     assert second.returncode == 0, second.stderr
     assert "resumed" in second.stderr and len(losses(run)) == 6
 

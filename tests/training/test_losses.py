@@ -9,7 +9,8 @@ from transformerkit.training.losses import linear_cross_entropy
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_fused_loss_and_gradients_equal_cross_entropy(bias, smoothing, monkeypatch):
-    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 500 * 64)  # several chunks, the last one partial
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 500 * 64)  # several chunks of 64 rows, the last one partial
+    monkeypatch.setattr(losses, "MIN_ROWS", 1)
     h = torch.randn(300, 16, dtype=torch.float64, requires_grad=True)
     w = torch.randn(500, 16, dtype=torch.float64, requires_grad=True)
     b = torch.randn(500, dtype=torch.float64, requires_grad=True) if bias else None
@@ -37,3 +38,13 @@ def test_bfloat16_autocast_is_close():
         ours = linear_cross_entropy(h, w, None, y, 0.1)
     reference = F.cross_entropy(h @ w.t(), y, label_smoothing=0.1, reduction="sum")
     assert abs(ours.item() - reference.item()) / reference.item() < 1e-2
+
+
+def test_a_large_vocabulary_gets_chunks_of_at_least_min_rows(monkeypatch):
+    """GPT-2's vocabulary would give 8 MB chunks of 41 rows; each chunk rewrites the whole weight gradient."""
+    seen = []
+    matmul = torch.Tensor.__matmul__
+    monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: seen.append(a.shape[0]) or matmul(a, b))
+    h, w = torch.randn(1200, 8, requires_grad=True), torch.randn(losses.CHUNK_ELEMENTS // 41, 8, requires_grad=True)
+    linear_cross_entropy(h, w, None, torch.randint(0, w.shape[0], (1200,)))
+    assert seen[0] == losses.MIN_ROWS  # the first logits matmul: MIN_ROWS rows, not 41

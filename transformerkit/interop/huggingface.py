@@ -254,6 +254,7 @@ def hf_architecture(config: ModelConfig) -> str:
         if not ok:
             raise CheckpointError(f"no Hugging Face architecture holds this model: {what}")
 
+    need(c.residual and c.scale_attention and c.causal, "residual, scale_attention and causal must stay on")
     if c.family == "decoder":
         if c.positions == "rope":
             need(c.norm == "rmsnorm" and c.norm_position == "pre" and c.activation == "swiglu"

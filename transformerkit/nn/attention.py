@@ -19,18 +19,20 @@ from .rope import apply_rotary
 
 
 def scaled_dot_product_attention(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, is_causal: bool = False, dropout_p: float = 0.0
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, is_causal: bool = False, dropout_p: float = 0.0,
+    scale: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """softmax(q k^T / sqrt(D)) v, written out so the weights can be inspected (Vaswani et al., 2017, eq. 1).
 
     q (B, H, Tq, D); k, v (B, Hkv, Tk, D) with Hkv dividing H (grouped-query: each key/value head serves
     H / Hkv query heads); mask broadcastable to (B, H, Tq, Tk). Returns out (B, H, Tq, D) and weights
-    (B, H, Tq, Tk). Dividing by sqrt(D) keeps the scores' variance near 1, so softmax does not saturate.
+    (B, H, Tq, Tk). Dividing by sqrt(D) keeps the scores' variance near 1, so softmax does not saturate;
+    `scale` replaces 1 / sqrt(D) (1.0 shows what the division is for).
     """
     n_rep = q.shape[1] // k.shape[1]
     if n_rep > 1:
         k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)  # (B, H, Tk, D)
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, Tq, Tk)
+    scores = q @ k.transpose(-2, -1) * (1 / math.sqrt(q.shape[-1]) if scale is None else scale)  # (B, H, Tq, Tk)
     if is_causal:
         mask = causal_mask(q.shape[2], k.shape[2], q.device)
     if mask is not None:
@@ -42,11 +44,13 @@ def scaled_dot_product_attention(
 
 
 def fused_attention(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, is_causal: bool = False, dropout_p: float = 0.0
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, is_causal: bool = False, dropout_p: float = 0.0,
+    scale: float | None = None,
 ) -> Tensor:
     """The same attention through PyTorch's fused kernels (flash / memory-efficient): faster, no weights."""
     return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p, enable_gqa=q.shape[1] != k.shape[1]
+        q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p, scale=scale,
+        enable_gqa=q.shape[1] != k.shape[1],
     )
 
 
@@ -79,6 +83,7 @@ class MultiHeadAttention(nn.Module):
         self.v_proj = nn.Linear(C, Hkv * D, bias=config.bias)
         self.o_proj = nn.Linear(H * D, C, bias=config.bias)
         self.dropout_p = config.attention_dropout
+        self.scale = None if config.scale_attention else 1.0  # None: the kernels' 1 / sqrt(D)
         self.record_weights = False  # set by viz.record_attention: keep the last weights in self.weights
         self.weights: Tensor | None = None
 
@@ -106,8 +111,8 @@ class MultiHeadAttention(nn.Module):
                 k, v = cache.write(k, v, position)  # (B, Hkv, position + T, D)
         dropout_p = self.dropout_p if self.training else 0.0
         if self.record_weights or not self.fused or _written_out_is_faster(q, k):
-            out, weights = scaled_dot_product_attention(q, k, v, mask, is_causal, dropout_p)
+            out, weights = scaled_dot_product_attention(q, k, v, mask, is_causal, dropout_p, self.scale)
             self.weights = weights.detach() if self.record_weights else None
         else:
-            out = fused_attention(q, k, v, mask, is_causal, dropout_p)
+            out = fused_attention(q, k, v, mask, is_causal, dropout_p, self.scale)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))  # (B, H, T, D) -> (B, T, H * D) -> (B, T, C)

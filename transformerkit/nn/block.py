@@ -42,7 +42,7 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, config: ModelConfig, cross_attention: bool = False):
         super().__init__()
-        self.pre_norm = config.norm_position == "pre"
+        self.pre_norm, self.residual = config.norm_position == "pre", config.residual
         self.self_attn = MultiHeadAttention(config)
         self.self_attn_norm = make_norm(config)
         self.cross_attn = MultiHeadAttention(config) if cross_attention else None
@@ -52,10 +52,12 @@ class TransformerBlock(nn.Module):
         self.dropout = Dropout(config.dropout)
 
     def _residual(self, x: Tensor, norm: nn.Module, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
-        """The residual connection y = x + f(x), with dropout on f's output and the norm before or after."""
+        """The residual connection y = x + f(x) (y = f(x) with config.residual off), with dropout on f's output
+        and the norm before or after."""
+        skip = x if self.residual else 0
         if self.pre_norm:
-            return x + self.dropout(sublayer(norm(x)))
-        return norm(x + self.dropout(sublayer(x)))
+            return skip + self.dropout(sublayer(norm(x)))
+        return norm(skip + self.dropout(sublayer(x)))
 
     def forward(self, x: Tensor, context: Context | None = None, cache: KVCache | None = None,
                 memory_kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
@@ -81,7 +83,7 @@ class TransformerStack(nn.Module):
 
     def __init__(self, config: ModelConfig, n_layers: int, causal: bool, cross_attention: bool, tokens: TokenEmbedding):
         super().__init__()
-        self.config, self.causal = config, causal
+        self.config, self.causal = config, causal and config.causal
         self.embed = Embeddings(config, tokens)
         self.rope = RotaryEmbedding(config.d_head, config.rope_theta) if config.positions == "rope" else None
         self.layers = nn.ModuleList(TransformerBlock(config, cross_attention) for _ in range(n_layers))

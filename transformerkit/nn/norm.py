@@ -59,5 +59,8 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps)
 
 
-def make_norm(config: ModelConfig) -> LayerNorm | RMSNorm:
+def make_norm(config: ModelConfig) -> nn.Module:
+    """The config's norm; `none` is the identity (the layernorm lab trains without any)."""
+    if config.norm == "none":
+        return nn.Identity()
     return (LayerNorm if config.norm == "layernorm" else RMSNorm)(config.d_model, config.norm_eps)

@@ -18,6 +18,10 @@ import torch
 from torch import Tensor
 
 CHUNK_ELEMENTS = 1 << 21  # logits per chunk: 8 MB in float32, about 260 rows of an 8,000-word vocabulary
+# Every chunk also reads and writes the whole weight gradient (V x C: 154 MB for GPT-2's 50,257 x 768), so a
+# chunk needs enough rows for its matmuls to outweigh that: with 8 MB chunks GPT-2 would get 41 rows and
+# spend as long moving the gradient as multiplying.
+MIN_ROWS = 512
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -35,7 +39,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_weight = torch.zeros(weight.shape, dtype=exact, device=weight.device)
             weight_sum = w.to(exact).sum(dim=0)  # (C,): the uniform part of the target times the weights
             grad_bias = torch.zeros(V, dtype=exact, device=weight.device) if bias is not None else None
-        rows = max(1, CHUNK_ELEMENTS // V)
+        rows = max(MIN_ROWS, CHUNK_ELEMENTS // V)
         for start in range(0, N, rows):
             h = hidden[start:start + rows].to(compute_dtype)  # (n, C)
             y = target[start:start + rows]  # (n,)
@@ -56,7 +60,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_hidden[start:start + rows] = ((g @ w).to(exact) - (eps / V) * weight_sum
                                                - (1 - eps) * w[y].to(exact))
             h_exact = h.to(exact)
-            grad_weight += (g.t() @ h).to(exact)
+            if g.dtype == exact:
+                grad_weight.addmm_(g.t(), h)  # in place: no (V, C) temporary per chunk
+            else:
+                grad_weight += (g.t() @ h).to(exact)
             grad_weight -= (eps / V) * h_exact.sum(dim=0)
             grad_weight.index_add_(0, y, h_exact, alpha=-(1 - eps))
             if grad_bias is not None:
