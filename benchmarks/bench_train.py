@@ -155,7 +155,7 @@ def main() -> None:
     args = parser.parse_args()
     keep_freed_memory()
     precisions = ["fp32", "bf16"] if runtime.native_bf16("cpu") else ["fp32"]
-    ceilings = {p: matmul_ceiling(torch.bfloat16 if p == "bf16" else torch.float32) for p in precisions}
+    ceilings = {p: 0.0 for p in precisions}
     rows = []
     for size in args.sizes.split(","):
         steps = args.steps if size != "gpt2-small" else max(2, args.steps // 2)
@@ -163,20 +163,23 @@ def main() -> None:
             trainer, config, batches, flops, smoothing = our_trainer(size, precision, f"runs/bench-train-{size}")
             tokens = sum(b.n_tokens for b in batches) / len(batches)
             reference = reference_model(config)
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+            rate = matmul_ceiling(dtype)  # probed before and after the row's timing, the better kept: the VM drifts
             timed = seconds_per_step({"ours": lambda b: trainer.step([b]),
                                       "reference": reference_step(reference, precision, smoothing)}, batches, steps)
+            rate = max(rate, matmul_ceiling(dtype))
+            ceilings[precision] = max(ceilings[precision], rate)
             ours, ref = timed["ours"], timed["reference"]
             row = {"size": size, "dtype": precision, "mode": "train", "ours_tokens_per_second": tokens / ours,
                    "reference_tokens_per_second": tokens / ref, "speedup": ref / ours,
-                   "mfu": flops * tokens / ours / ceilings[precision],
-                   "reference_mfu": flops * tokens / ref / ceilings[precision], "flops_per_token": flops,
-                   "matmul_ceiling_flops": ceilings[precision], "reference": type(reference).__name__,
+                   "mfu": flops * tokens / ours / rate, "reference_mfu": flops * tokens / ref / rate,
+                   "flops_per_token": flops, "matmul_ceiling_flops": rate, "reference": type(reference).__name__,
                    **machine_facts(), "precision": precision}
             rows.append(row)
             print(f"{size} {precision}: ours {row['ours_tokens_per_second']:.0f} tok/s, reference "
                   f"{row['reference_tokens_per_second']:.0f} tok/s ({row['speedup']:.2f}x), MFU {row['mfu']:.1%}",
                   flush=True)
-    print(f"on {machine()}; matmul rate " + ", ".join(f"{p} {c / 1e9:.0f} GFLOP/s" for p, c in ceilings.items()))
+    print(f"on {machine()}; best matmul rate " + ", ".join(f"{p} {c / 1e9:.0f} GFLOP/s" for p, c in ceilings.items()))
     print_table([(r["size"], r["dtype"], round(r["ours_tokens_per_second"]), round(r["reference_tokens_per_second"]),
                   f"{r['speedup']:.2f}x", f"{r['mfu']:.1%}", f"{r['reference_mfu']:.1%}") for r in rows],
                 ("size", "dtype", "ours tok/s", "transformers tok/s", "speedup", "MFU", "reference MFU"))

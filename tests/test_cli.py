@@ -133,6 +133,8 @@ def test_resume_a_finished_run_with_more_steps(trained_run, tmp_path):
     (["evaluate", "/no/such/model"], "no such file"),
     (["plot", "/no/such/run"], "metrics.jsonl: no such file"),
     (["download", "nothing"], "invalid choice"),
+    (["lab", "nosuch"], "unknown lab 'nosuch'"),
+    (["lab", "residual", "--model", "runs/x"], "--model: lab residual trains its own models"),
 ])
 def test_bad_input_is_one_clear_line(argv, message, tmp_path):
     import os

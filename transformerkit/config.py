@@ -230,6 +230,7 @@ class ModelConfig(Config):
         require(self, "activation", not (self.mlm_head and self.activation == "swiglu"),
                  "not 'swiglu' with an MLM head")
         require(self, "pooling", self.pooling != "cls" or self.family == "encoder", "'mean' unless family='encoder'")
+        require(self, "causal", self.causal or self.family != "encoder", "True for an encoder (no mask to take out)")
         for name in ("pad_id", "bos_id", "eos_id", "decoder_start_id"):
             value = getattr(self, name)
             require(self, name, value is None or 0 <= value < max(self.vocab_size, self.target_vocab_size or 0),

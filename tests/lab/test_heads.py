@@ -6,11 +6,8 @@ from transformerkit.lab import run_lab
 from transformerkit.lab.heads import HEADS
 from transformerkit.lab.report import Options
 
-from ..conftest import SHARED_DATA
 
-
-def test_heads_lab_measures_heads(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRANSFORMERKIT_DATA", str(SHARED_DATA))
+def test_heads_lab_measures_heads(tmp_path):
     _, json_path, png_path = run_lab("heads", tmp_path, Options(quick=True))
     assert json_path.exists() and png_path.exists()
     numbers = json.loads(json_path.read_text())["numbers"]

@@ -7,16 +7,13 @@ from transformerkit.lab import run_lab
 from transformerkit.lab.length import MODELS, bucket, bucket_names
 from transformerkit.lab.report import Options
 
-from ..conftest import SHARED_DATA
-
 
 def test_buckets_cover_every_length_once():
     assert bucket_names() == ["<=9", "10-12", "13-15", "16-19", ">=20"]
     assert [bucket(n) for n in (1, 9, 10, 12, 13, 19, 20, 60)] == [0, 0, 1, 1, 2, 3, 4, 4]
 
 
-def test_length_lab_scores_each_model_by_length(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRANSFORMERKIT_DATA", str(SHARED_DATA))
+def test_length_lab_scores_each_model_by_length(tmp_path):
     finding, json_path, png_path = run_lab("length", tmp_path, Options(quick=True))
     assert json_path.exists() and png_path.exists()
     numbers = json.loads(json_path.read_text())["numbers"]
@@ -26,4 +23,3 @@ def test_length_lab_scores_each_model_by_length(tmp_path, monkeypatch):
     for kind in MODELS:
         assert len(numbers["bleu_by_length"][kind]) == len(numbers["buckets"])
         assert all(0 <= b <= 100 for b in numbers["bleu_by_length"][kind])
-    assert finding.conclusion.endswith(("The claim held.", "The claim did not hold here."))

@@ -6,11 +6,8 @@ import json
 from transformerkit.lab import run_lab
 from transformerkit.lab.report import Options
 
-from ..conftest import SHARED_DATA
 
-
-def test_mask_lab_shows_the_leak(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRANSFORMERKIT_DATA", str(SHARED_DATA))
+def test_mask_lab_shows_the_leak(tmp_path):
     finding, json_path, png_path = run_lab("mask", tmp_path, Options(quick=True))
     assert json_path.exists() and png_path.exists()
     numbers = json.loads(json_path.read_text())["numbers"]
@@ -21,4 +18,4 @@ def test_mask_lab_shows_the_leak(tmp_path, monkeypatch):
     assert all(share == 0.0 for heads in future["masked"] for share in heads)
     assert max(share for heads in future["unmasked"] for share in heads) > 0.1
     assert set(numbers["sample"]) == {"masked", "unmasked"}
-    assert finding.held and finding.conclusion.endswith("The claim held.")
+    assert finding.held

@@ -82,8 +82,8 @@ def test_dropout_acts_only_in_training():
 
 
 def test_without_the_residual_path_a_block_is_its_sublayers_alone():
-    """residual=False: with every sub-layer's output projection zeroed, the block outputs only the norm of zero
-    (its bias), where the residual block passes x through."""
+    """residual=False: with every sub-layer's output projection zeroed, the pre-norm block outputs zero (the
+    sub-layers' output alone), where the residual block passes x through."""
     x = torch.randn(2, 5, 32)
     for residual in (True, False):
         torch.manual_seed(0)

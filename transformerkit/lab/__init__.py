@@ -41,6 +41,9 @@ def run_lab(name: str, out: str | Path = ".", options: Options = Options()) -> t
     if name not in LABS:
         raise ConfigError(f"unknown lab {name!r}{closest(name, set(LABS))}; labs: {', '.join(LABS)}")
     module = importlib.import_module(f".{LABS[name]}", __name__)
+    if options.model is not None and not getattr(module, "READS_MODEL", False):
+        readers = [n for n, m in LABS.items() if getattr(importlib.import_module(f".{m}", __name__), "READS_MODEL", 0)]
+        raise ConfigError(f"--model: lab {name} trains its own models; only {' and '.join(readers)} read a run")
     started = time.perf_counter()
     finding = module.run(options)
     json_path, png_path = write(name, finding, options, Path(out), time.perf_counter() - started)

@@ -28,6 +28,7 @@ from .corpora import multi30k_de_en
 from .report import Finding, Options, verdict
 from .training import train
 
+READS_MODEL = True  # --model RUN: study the heads of a trained translator
 CLAIM = "Multi-head attention lets different heads attend to different things (note 002)."
 HEADS = (1, 4, 8)
 SHOWN = 4  # heads drawn per layer in the figure
@@ -73,18 +74,19 @@ def head_statistics(model: nn.Module, sources: list[str], targets: list[str]) ->
             for kind, rows in sums.items()}
 
 
-def translator(options: Options, trained: nn.Module) -> tuple[nn.Module, str]:
-    """The model whose heads are studied: the run given with --model, else the one trained here."""
+def given_translator(options: Options) -> nn.Module | None:
+    """The run given with --model, loaded and checked before anything trains (a wrong path fails at once)."""
     if options.model is None:
-        return trained, f"the {trained.config.n_heads}-head translator trained here"
+        return None
     model = load(options.model, device="cpu")
     if not isinstance(model, EncoderDecoder):
         raise ConfigError(f"--model: lab heads needs a translation (encoder-decoder) run; {options.model} is not one")
-    return model, f"the translator of {options.model}"
+    return model
 
 
 def run(options: Options) -> Finding:
     quick, seed = options.quick, options.seed
+    given = given_translator(options)
     pairs, steps, sentences, validation = (1_000, 10, 5, 20) if quick else (10_000, 400, 60, 200)
     corpus = multi30k_de_en(pairs, vocab_size=500 if quick else 2000, batch_tokens=600 if quick else 1200,
                             seed=seed, val_sentences=validation, test_sentences=sentences)
@@ -100,7 +102,8 @@ def run(options: Options) -> Finding:
         numbers["val_loss"][n_heads], numbers["val_bleu"][n_heads] = scores["val_loss"], scores["val_bleu"]
         models[n_heads] = model
 
-    studied, described = translator(options, models[4])
+    studied, described = ((given, f"the translator of {options.model}") if given is not None
+                          else (models[4], "the 4-head translator trained here"))
     torch.manual_seed(seed)
     untrained = build_model(studied.config).eval()  # the same architecture before training: the baseline
     untrained.source_tokenizer, untrained.target_tokenizer = studied.source_tokenizer, studied.target_tokenizer

@@ -7,8 +7,8 @@ attention, and the Transformer - translate Multi30k test_2016_flickr greedily (i
 the test sentences are grouped by source length in words; each group is scored with the project's corpus
 BLEU (evaluation/metrics.py). The number the verdict uses: how much of its short-sentence BLEU each model
 loses on the longest sentences. The models are read from `transformerkit experiment multi30k`'s folder
-(`--model runs/experiment-de-en`) when given, else trained here briefly, for the same steps on the same
-batches of a Multi30k subset.
+(`--model DIR`, else runs/experiment-de-en when it exists), else trained here briefly, for the same steps on
+the same batches of a Multi30k subset.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from .corpora import Translation, multi30k_de_en
 from .report import Finding, Options, verdict
 from .training import train
 
+READS_MODEL = True  # --model DIR: score the experiment's trained runs
 CLAIM = ("Recurrent models without attention squeeze the source into one vector and lose long-range "
          "information, so their BLEU falls with sentence length more than attention models' do (note 003; "
          "Bahdanau et al., 2015).")
@@ -94,9 +95,13 @@ def from_experiment(folder: Path) -> tuple[dict, dict, list[str], list[str]]:
     return models, {"source": f"trained runs from {folder}", "runs": used}, test.sources, test.targets
 
 
+EXPERIMENT = Path("runs/experiment-de-en")  # where `transformerkit experiment multi30k` writes by default
+
+
 def run(options: Options) -> Finding:
-    if options.model:
-        models, settings, sources, references = from_experiment(Path(options.model))
+    experiment = options.model or (EXPERIMENT if not options.quick and EXPERIMENT.is_dir() else None)
+    if experiment:
+        models, settings, sources, references = from_experiment(Path(experiment))
     else:
         models, settings, sources, references = trained_here(options.quick, options.seed)
     names = bucket_names()
@@ -116,7 +121,7 @@ def run(options: Options) -> Finding:
 
     drop = numbers["drop"]
     held = all(drop["rnn"] > drop[k] for k in MODELS[1:]) and numbers["bleu"]["rnn"] > 0
-    short = "short trainings here, so the BLEU values are small; " if not options.model else ""
+    short = "short trainings here, so the BLEU values are small; " if not experiment else ""
     row = lambda k: "/".join(f"{v:.1f}" for v in numbers["bleu_by_length"][k])  # noqa: E731
     conclusion = (
         f"BLEU on test_2016_flickr by source length ({', '.join(names)} words; {short}"
@@ -145,7 +150,7 @@ def figure(numbers: dict, words: list[float]):
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    labels = {"rnn": "RNN (GRU), no attention", "rnn+attention": "RNN + attention (Bahdanau)",
+    labels = {"rnn": "RNN, no attention", "rnn+attention": "RNN + attention (Bahdanau)",
               "transformer": "Transformer"}
     for kind, values in numbers["bleu_by_length"].items():
         axes[0].plot(words, values, "o-", label=f"{labels[kind]} (all: {numbers['bleu'][kind]:.1f})")

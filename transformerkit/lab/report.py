@@ -48,9 +48,11 @@ def verdict(held: bool) -> str:
 
 
 def ratio(a: float, b: float) -> str:
-    """'12x' for how many times a is b, readable whichever way round they are."""
+    """'12x' for how many times a is b, readable whichever way round they are ('1/12' when a is smaller)."""
+    if a == b:
+        return "1x"
     if b == 0 or a == 0:
-        return "inf x" if a != b else "1x"
+        return "inf x" if b == 0 else "0x"
     r = a / b
     return f"{r:.3g}x" if r >= 1 else f"1/{1 / r:.3g}"
 

@@ -41,7 +41,7 @@ def gradient_by_block(model: nn.Module, batch: WindowBatch) -> list[float]:
     model.zero_grad()
     loss, n = LanguageModelLoss()(model, batch)
     (loss / n).backward()
-    squares = [0.0] * len(model.decoder.layers)
+    squares = [0.0] * model.config.n_layers
     for name, parameter in model.named_parameters():
         if name.startswith("decoder.layers.") and parameter.grad is not None:
             squares[int(name.split(".")[2])] += float(parameter.grad.pow(2).sum())

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-CHUNK_ELEMENTS = 1 << 21  # logits per chunk: 8 MB in float32, about 260 rows of an 8,000-word vocabulary
+CHUNK_ELEMENTS = 1 << 21  # logits per chunk: 8 MB in float32 (262 rows of an 8,000-word vocabulary, raised to MIN_ROWS)
 # Every chunk also reads and writes the whole weight gradient (V x C: 154 MB for GPT-2's 50,257 x 768), so a
 # chunk needs enough rows for its matmuls to outweigh that: with 8 MB chunks GPT-2 would get 41 rows and
 # spend as long moving the gradient as multiplying.
