@@ -39,9 +39,7 @@ def build(n_heads: int, tokenizer, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     config = preset("transformer-tiny", vocab_size=tokenizer.get_vocab_size(), n_heads=n_heads, dropout=0.1,
                     max_len=128, **special_ids(tokenizer))
-    model = build_model(config)
-    model.source_tokenizer = model.target_tokenizer = tokenizer
-    return model
+    return build_model(config)
 
 
 def js_divergence(p: Tensor, q: Tensor) -> Tensor:
@@ -93,7 +91,7 @@ def run(options: Options) -> Finding:
     numbers: dict = {"val_loss": {}, "val_bleu": {}, "parameters": {}, "curves": {}}
     models = {}
     for n_heads in HEADS:
-        model = build(n_heads, corpus.tokenizer, seed)
+        model = corpus.attach(build(n_heads, corpus.tokenizer, seed))
         numbers["parameters"][n_heads] = sum(p.numel() for p in model.parameters())
         curve = train(model, corpus.data, TranslationLoss(0.1), steps=steps, lr=2e-3, warmup=50, seed=seed,
                       label=f"{n_heads} head{'s' if n_heads > 1 else ''}")

@@ -67,9 +67,9 @@ def run(options: Options) -> Finding:
         numbers["val_loss"][label] = mean_loss(model, corpus.val_batches())
 
     # how much weaker the first block's gradient is than the last block's: 1 = no vanishing
-    numbers["first_over_last_init"] = {k: v[0] / v[-1] for k, v in numbers["grad_init"].items()}
-    numbers["first_over_last_trained"] = {k: v[0] / v[-1] if v[-1] else 0.0
-                                          for k, v in numbers["grad_trained"].items()}
+    for when in ("init", "trained"):  # a last block with no gradient at all leaves the ratio undefined: nan
+        numbers[f"first_over_last_{when}"] = {k: v[0] / v[-1] if v[-1] else float("nan")
+                                              for k, v in numbers[f"grad_{when}"].items()}
     kept, vanished = numbers["first_over_last_init"]["residual"], numbers["first_over_last_init"]["plain"]
     val = numbers["val_loss"]
     reached = {k: "never" if s is None else f"at step {s}" for k, s in numbers["steps_to_level"].items()}
