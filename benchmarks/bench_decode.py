@@ -4,8 +4,10 @@
 
 Each pair is our model and the transformers model that `transformerkit export --to hf` writes from it (so
 the weights are the same): GPT2LMHeadModel for the decoders, MarianMTModel for the translation model.
-Greedy, sampling (temperature 1, no top-k) and beam 5, every output forced to the same number of new tokens
-(min = max) so the work is equal. Writes benchmarks/results/bench_decode.json (-cuda on a GPU).
+Greedy and sampling (temperature 1, no top-k) at batch 1 and 8, and beam 5 at batch 1, every output forced to
+the same number of new tokens (min = max) so the work is equal. Each row also gives the memory-bandwidth
+ceiling: a decoding step reads every weight once, so no implementation beats batch x (copy rate / weight
+bytes) tokens/s. Writes benchmarks/results/bench_decode.json (-cuda on a GPU).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import tempfile
 import time
 
 import torch
-from common import machine, print_table, write_json
+from common import copy_bandwidth, machine, print_table, write_json
 
 import transformerkit as tk
 from transformerkit.data.batching import pad
@@ -24,31 +26,37 @@ from transformerkit.inference.generate import GenerationOptions, generate_ids
 from transformerkit.inference.translate import decode_sources
 from transformerkit.runtime import keep_freed_memory
 
-MODES = ("greedy", "sampling", "beam5")
+CASES = (("greedy", 1), ("greedy", 8), ("sampling", 1), ("sampling", 8), ("beam5", 1))  # (mode, batch)
 
 
-def decoder(size: str) -> tuple[tk.DecoderOnly, int, int, int]:
-    """(model, batch, prompt length, new tokens) for a decoder-only size."""
+def settings(mode: str) -> tuple[int, float]:
+    """(beam, temperature) of a mode."""
+    return (5, 0.0) if mode == "beam5" else (1, 1.0 if mode == "sampling" else 0.0)
+
+
+def decoder(size: str) -> tuple[tk.DecoderOnly, int, int]:
+    """(model, prompt length, new tokens) for a decoder-only size."""
     if size == "shakespeare-char":
         config = tk.preset("gpt2-small").replace(vocab_size=65, d_model=384, n_layers=6, n_heads=6, d_ff=1536,
                                                  max_len=256, dropout=0.0, attention_dropout=0.0, pad_id=0, bos_id=0,
                                                  eos_id=0)
-        return tk.build_model(config).eval(), 1, 16, 200
-    return tk.build_model(tk.preset("gpt2-small", dropout=0.0, attention_dropout=0.0)).eval(), 1, 32, 64
+        return tk.build_model(config).eval(), 16, 200
+    return tk.build_model(tk.preset("gpt2-small", dropout=0.0, attention_dropout=0.0)).eval(), 32, 64
 
 
-def run_decoder(size: str, dtype: torch.dtype, repeats: int) -> list[dict]:
+def run_decoder(size: str, dtype: torch.dtype, repeats: int, bandwidth: float) -> list[dict]:
     import transformers
 
-    ours, batch, prompt_len, new = decoder(size)
+    ours, prompt_len, new = decoder(size)
     with tempfile.TemporaryDirectory() as folder:
         tk.export_hf(ours, folder)
         reference = transformers.GPT2LMHeadModel.from_pretrained(folder, dtype=dtype).eval()
     ours = ours.to(dtype)
-    prompts = torch.randint(1, ours.config.vocab_size, (batch, prompt_len))
+    steps_ceiling = bandwidth / weight_bytes(ours)
     rows = []
-    for mode in MODES:
-        beam, temperature = (5, 0.0) if mode == "beam5" else (1, 1.0 if mode == "sampling" else 0.0)
+    for mode, batch in CASES:
+        prompts = torch.randint(1, ours.config.vocab_size, (batch, prompt_len))
+        beam, temperature = settings(mode)
         options = GenerationOptions(max_new_tokens=new, min_new_tokens=new, temperature=temperature, beam=beam,
                                     seed=0 if temperature else None)
         ours_run = lambda: generate_ids(ours, prompts.tolist(), options)  # noqa: E731
@@ -59,11 +67,15 @@ def run_decoder(size: str, dtype: torch.dtype, repeats: int) -> list[dict]:
         with torch.no_grad():
             ref_seconds = _best(lambda: reference.generate(prompts, attention_mask=torch.ones_like(prompts),
                                                            **hf_options), repeats)
-        rows.append(_row(size, dtype, mode, batch * new, ours_seconds, ref_seconds, "GPT2LMHeadModel.generate", share))
+        rows.append(_row(size, dtype, mode, batch, batch * new, ours_seconds, ref_seconds,
+                         "GPT2LMHeadModel.generate", share, batch * steps_ceiling))
     return rows
 
 
-def run_translation(dtype: torch.dtype, repeats: int, run: str | None, sentences: int = 100, new: int = 30):
+def run_translation(dtype: torch.dtype, repeats: int, run: str | None, bandwidth: float, sentences: int = 16,
+                    new: int = 30) -> list[dict]:
+    """The same test sentences decoded in batches of 1 or 8 (so each case does the same sentences), through
+    `decode_sources`, the path `translate` takes after tokenizing."""
     import transformers
 
     from transformerkit.data.datasets import multi30k
@@ -78,24 +90,38 @@ def run_translation(dtype: torch.dtype, repeats: int, run: str | None, sentences
         reference = transformers.MarianMTModel.from_pretrained(folder, dtype=dtype).eval()
     model = model.to(dtype)
     c = model.config
-    test = multi30k("test_2016_flickr", "de", "en").sources[:sentences]
-    source, mask = pad([s + [c.eos_id] for s in encode(model.source_tokenizer, test)], c.pad_id)
+    test = encode(model.source_tokenizer, multi30k("test_2016_flickr", "de", "en").sources[:sentences])
+    steps_ceiling = bandwidth / weight_bytes(model)  # an upper bound: the encoder runs once, not every step
     rows = []
-    for mode in MODES:
-        beam, temperature = (5, 0.0) if mode == "beam5" else (1, 1.0 if mode == "sampling" else 0.0)
-        ours = lambda: decode_sources(model, source, mask, new, beam, 0.6, min_len=new,  # noqa: E731
-                                      temperature=temperature, generator=torch.Generator().manual_seed(0))
+    for mode, batch in CASES:
+        batches = [pad([s + [c.eos_id] for s in test[i:i + batch]], c.pad_id) for i in range(0, sentences, batch)]
+        beam, temperature = settings(mode)
+
+        def ours():
+            generator = torch.Generator().manual_seed(0)
+            for source, mask in batches:
+                decode_sources(model, source, mask, new, beam, 0.6, min_len=new, temperature=temperature,
+                               generator=generator)
+
+        def hf():
+            for source, mask in batches:
+                reference.generate(input_ids=source, attention_mask=mask.long(), max_new_tokens=new,
+                                   min_new_tokens=new, num_beams=beam, do_sample=mode == "sampling", top_k=0,
+                                   top_p=1.0, temperature=1.0, decoder_start_token_id=c.start_id,
+                                   eos_token_id=c.eos_id, pad_token_id=c.pad_id)
+
         with torch.no_grad():
             ours_seconds = _best(ours, repeats)
             share = model_share(ours, model)
-            ref_seconds = _best(lambda: reference.generate(
-                input_ids=source, attention_mask=mask.long(), max_new_tokens=new, min_new_tokens=new,
-                num_beams=5 if mode == "beam5" else 1, do_sample=mode == "sampling", top_k=0, top_p=1.0,
-                temperature=1.0, decoder_start_token_id=c.start_id, eos_token_id=c.eos_id, pad_token_id=c.pad_id),
-                repeats)
-        rows.append(_row("multi30k-de-en", dtype, mode, sentences * new, ours_seconds, ref_seconds,
-                         "MarianMTModel.generate", share))
+            ref_seconds = _best(hf, repeats)
+        rows.append(_row("multi30k-de-en", dtype, mode, batch, sentences * new, ours_seconds, ref_seconds,
+                         "MarianMTModel.generate", share, batch * steps_ceiling))
     return rows
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the weights a decoding step reads (a tied embedding counted once)."""
+    return sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
 
 
 @contextlib.contextmanager
@@ -139,12 +165,13 @@ def _best(fn, repeats: int) -> float:
     return min(times)
 
 
-def _row(size, dtype, mode, tokens, ours_seconds, ref_seconds, reference, share) -> dict:
-    row = {"size": size, "dtype": "bf16" if dtype == torch.bfloat16 else "fp32", "mode": mode,
+def _row(size, dtype, mode, batch, tokens, ours_seconds, ref_seconds, reference, share, ceiling) -> dict:
+    row = {"size": size, "dtype": "bf16" if dtype == torch.bfloat16 else "fp32", "mode": mode, "batch": batch,
            "ours_tokens_per_second": tokens / ours_seconds, "reference_tokens_per_second": tokens / ref_seconds,
-           "speedup": ref_seconds / ours_seconds, "model_time_share": share, "reference": reference,
-           "machine": machine()}
-    print(f"{size} {row['dtype']} {mode}: ours {row['ours_tokens_per_second']:.0f} tok/s, reference "
+           "speedup": ref_seconds / ours_seconds, "model_time_share": share,
+           "bandwidth_ceiling_tokens_per_second": ceiling, "share_of_ceiling": tokens / ours_seconds / ceiling,
+           "reference": reference, "machine": machine()}
+    print(f"{size} {row['dtype']} {mode} batch {batch}: ours {row['ours_tokens_per_second']:.0f} tok/s, reference "
           f"{row['reference_tokens_per_second']:.0f} tok/s ({row['speedup']:.2f}x)", flush=True)
     return row
 
@@ -158,17 +185,21 @@ def main() -> None:
     args = parser.parse_args()
     keep_freed_memory()
     torch.manual_seed(0)
-    rows = []
+    rows, bandwidth = [], copy_bandwidth()
     for name in args.dtypes.split(","):
         dtype = torch.float32 if name == "fp32" else torch.bfloat16
         for size in args.sizes.split(","):
-            rows += run_translation(dtype, args.repeats, args.run) if size == "multi30k-de-en" else \
-                run_decoder(size, dtype, args.repeats)
+            try:
+                rows += run_translation(dtype, args.repeats, args.run, bandwidth) if size == "multi30k-de-en" else \
+                    run_decoder(size, dtype, args.repeats, bandwidth)
+            except tk.ConfigError as error:  # e.g. --run names a pre-norm model, which MarianMT cannot hold
+                raise SystemExit(f"bench_decode: {size}: {error}") from None
     print(f"on {machine()}")
-    print_table([(r["size"], r["dtype"], r["mode"], round(r["ours_tokens_per_second"]),
-                  round(r["reference_tokens_per_second"]), f"{r['speedup']:.2f}x", f"{r['model_time_share']:.0%}")
-                 for r in rows], ("size", "dtype", "mode", "ours tok/s", "transformers tok/s", "speedup",
-                                  "model share"))
+    print_table([(r["size"], r["dtype"], r["mode"], r["batch"], round(r["ours_tokens_per_second"]),
+                  round(r["reference_tokens_per_second"]), f"{r['speedup']:.2f}x", f"{r['model_time_share']:.0%}",
+                  round(r["bandwidth_ceiling_tokens_per_second"]), f"{r['share_of_ceiling']:.0%}")
+                 for r in rows], ("size", "dtype", "mode", "batch", "ours tok/s", "transformers tok/s", "speedup",
+                                  "model share", "ceiling tok/s", "of ceiling"))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"wrote {write_json('bench_decode' + ('-cuda' if device == 'cuda' else '') + '.json', rows)}")
 

@@ -97,6 +97,9 @@ def main() -> None:
                                            "likely seen these test sentences",
         "contrastive_train_seconds": records(args.contrastive)[-1]["summary"]["train_seconds"],
         "mlm_train_seconds": records(args.bert)[-1]["summary"]["train_seconds"],
+        "precision": records(args.bert)[0]["precision"],  # what `auto` chose for the trainings on this machine
+        "training_precision": {run: records(run)[0]["precision"] for run in (args.bert, args.langid, args.contrastive)},
+        "embed_precision": str(next(encoders["minilm"].parameters()).dtype).removeprefix("torch."),
         "machine": machine(),
     }
     print(f"on {result['machine']}")

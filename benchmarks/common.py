@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,20 @@ def machine_facts() -> dict:
     """What every results JSON records about where it was measured."""
     return {"machine": machine(), "machine_kind": machine_kind(), "native_bf16": runtime.native_bf16("cpu"),
             "threads": torch.get_num_threads()}
+
+
+def copy_bandwidth() -> float:
+    """Bytes per second of a large tensor copy (read + write), the memory system's practical rate."""
+    src = torch.empty(256 * 2**20 // 4)
+    dst = torch.empty_like(src)
+    src.fill_(1.0)
+    dst.copy_(src)
+    best = math.inf
+    for _ in range(5):
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.numel() * 4 / best
 
 
 def write_json(name: str, data) -> Path:

@@ -8,12 +8,12 @@
    after the same tokens).
 2. The shakespeare run's best validation loss and training time (from RUN's metrics), when given.
 3. SmolLM2-135M-Instruct through `generate_ids` in each quantize mode (none = exact float32, int8, gguf = the
-   file's own 4-bit blocks): decode tokens/s for 128 greedy tokens, prompt tokens/s at 500 tokens, the
-   loaded tensors' bytes, the perplexity of held-out text (the end of Tiny Shakespeare) and the logits'
-   distance from float32; transformers' float32 generate on the same file; llama.cpp's `llama-bench -p 500
-   -n 128` on the same file and threads (built by ../shared/tools/build-llama-cpp.sh); the memory-bandwidth
-   ceiling (bytes of weights per token over the measured copy rate); decode speed at 100, 1,000 and 4,000
-   tokens of context.
+   file's own 4-bit blocks, gguf+compile = the same with its blocks compiled, as `generate --compile` does):
+   decode tokens/s for 128 greedy tokens, prompt tokens/s at 500 tokens, the loaded tensors' bytes, the
+   perplexity of held-out text (the end of Tiny Shakespeare) and the logits' distance from float32;
+   transformers' float32 generate on the same file; llama.cpp's `llama-bench -p 500 -n 128` on the same file
+   and threads (built by ../shared/tools/build-llama-cpp.sh); the memory-bandwidth ceiling (bytes of weights
+   per token over the measured copy rate); decode speed at 100, 1,000 and 4,000 tokens of context.
 Writes benchmarks/results/llm-<machine kind>.json.
 """
 
@@ -29,13 +29,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import machine_facts, machine_kind, print_table, write_json
+from common import copy_bandwidth, machine_facts, machine_kind, print_table, write_json
 from torch import nn
 
 import transformerkit as tk
 from transformerkit import runtime
 from transformerkit.data.datasets import data_dir
 from transformerkit.inference.generate import GenerationOptions, generate_ids
+from transformerkit.nn.block import compile_blocks
 from transformerkit.recipes import load_recipe
 from transformerkit.runtime import keep_freed_memory, threads_line
 from transformerkit.tasks import prepare
@@ -122,20 +123,6 @@ def loss_after_same_tokens(recipe: dict, steps: int, run_root: Path) -> dict[str
     return out
 
 
-def copy_bandwidth() -> float:
-    """Bytes per second of a large tensor copy (read + write), the memory system's practical rate."""
-    src = torch.empty(256 * 2**20 // 4)
-    dst = torch.empty_like(src)
-    src.fill_(1.0)
-    dst.copy_(src)
-    best = math.inf
-    for _ in range(5):
-        start = time.perf_counter()
-        dst.copy_(src)
-        best = min(best, time.perf_counter() - start)
-    return 2 * src.numel() * 4 / best
-
-
 def timed_generate(model, prompt: list[int], new_tokens: int) -> float:
     """Seconds of `generate_ids` (the product's path) for exactly `new_tokens` greedy tokens after `prompt`."""
     options = GenerationOptions(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
@@ -196,8 +183,12 @@ def smollm2(new_tokens: int = 128) -> dict:
     held_out = (data_dir() / "tinyshakespeare" / "input.txt").read_text()[-6000:]  # text none of the prompts use
     long_text = "The lighthouse keeper counted the waves. " * 600
     modes, float_logits = {}, None
-    for mode in ("none", "int8", "gguf"):
-        model = tk.load("smollm2", device="cpu", quantize=None if mode == "none" else mode)
+    for mode in ("none", "int8", "gguf", "gguf+compile"):
+        quantize = mode.removesuffix("+compile")
+        model = tk.load("smollm2", device="cpu", quantize=None if quantize == "none" else quantize)
+        compiled = mode.endswith("+compile")
+        if compiled:
+            compile_blocks(model)  # what `generate --compile` does: the first call compiles (timed below)
         tokenizer = model.tokenizer
         prompt = tokenizer.encode("<|im_start|>user\nTell me a long story about a lighthouse keeper.<|im_end|>\n"
                                   "<|im_start|>assistant\n").ids
@@ -205,8 +196,9 @@ def smollm2(new_tokens: int = 128) -> dict:
         with torch.no_grad():
             logits = model(probe).float()
         float_logits = logits if float_logits is None else float_logits
-        timed_generate(model, prompt, 4)  # warm up: first-call allocations, kernel layouts
         long_prompt = tokenizer.encode(long_text).ids
+        warm_up = timed_generate(model, prompt, 4)  # first-call allocations, kernel layouts (and compiling:
+        warm_up += timed_generate(model, long_prompt[:500], 1) if compiled else 0.0  # both prefill shapes)
         ttft = timed_generate(model, long_prompt[:500], 1)
         modes[mode] = {
             "decode_tokens_per_second": new_tokens / timed_generate(model, prompt, new_tokens),
@@ -216,8 +208,9 @@ def smollm2(new_tokens: int = 128) -> dict:
             "logits_max_abs_diff": (logits - float_logits).abs().max().item(),
             "logits_mean_abs_diff": (logits - float_logits).abs().mean().item(),
             "same_argmax": bool((logits.argmax(-1) == float_logits.argmax(-1)).all()),
+            **({"compile_seconds": warm_up} if compiled else {}),
         }
-        if mode == "gguf":
+        if quantize == "gguf":
             modes[mode]["decode_tokens_per_second_by_context"] = {
                 str(n): decode_rate(model, long_prompt[:n], 32) for n in (100, 1000, 4000)}
         print(f"  ours, quantize={mode}: {modes[mode]['decode_tokens_per_second']:.1f} tokens/s, "
@@ -242,7 +235,8 @@ def smollm2(new_tokens: int = 128) -> dict:
             "float32_bandwidth_ceiling_tokens_per_second": bandwidth / float_bytes,
             "ttft_500_seconds": modes[best]["ttft_500_seconds"],
             "prompt_tokens_per_second": modes[best]["prompt_tokens_per_second"],
-            "decode_tokens_per_second_by_context": modes["gguf"]["decode_tokens_per_second_by_context"],
+            "decode_tokens_per_second_by_context": modes[best].get("decode_tokens_per_second_by_context",
+                                                                   modes["gguf"]["decode_tokens_per_second_by_context"]),
             **(llama_bench(path, threads) or {})}
 
 

@@ -78,3 +78,17 @@ def test_threads_follow_omp_num_threads_then_affinity(monkeypatch):
         assert torch.get_num_threads() == 2 and runtime.threads_line().startswith("2 threads")
     finally:
         torch.set_num_threads(before)
+
+
+def test_compiling_without_a_cpp_compiler_is_one_clear_error(monkeypatch):
+    import shutil
+
+    import transformerkit as tk
+    from transformerkit.nn.block import compile_blocks
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert "C++ compiler" in runtime.compile_unavailable("cpu")
+    assert runtime.compile_unavailable("cuda") is None  # on a GPU inductor writes Triton, not C++
+    model = tk.build_model(tk.preset("gpt-tiny", vocab_size=40))
+    with pytest.raises(ConfigError, match="C\\+\\+ compiler"):
+        compile_blocks(model)

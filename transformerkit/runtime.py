@@ -190,6 +190,15 @@ def describe_machine() -> str:
     return ", ".join(parts)
 
 
+def compile_unavailable(device_type: str = "cpu") -> str | None:
+    """Why torch.compile cannot run here, or None: on the CPU, inductor builds its kernels with a C++ compiler."""
+    import shutil
+
+    if device_type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        return "no C++ compiler for inductor (install g++)"
+    return None
+
+
 def check_device(name: str) -> str:
     """A device name this machine has (cpu, cuda, cuda:N, mps), or a ConfigError saying what it has."""
     try:

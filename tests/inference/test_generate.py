@@ -128,3 +128,35 @@ def test_chat_reuses_the_cache_between_turns():
     whole = len(tokenizer.encode(render(CHATML, chat.messages[:-1])).ids)
     assert fed[0] < whole  # the second turn fed its own tokens, not the whole conversation again
     assert chat.state.length == len(chat.tokens) and len(chat.messages) == 4
+
+
+def test_compiled_blocks_decode_as_eager():
+    """compile_blocks: each step's logits equal the eager model's (float32) through a left-padded prompt batch
+    and twelve cached steps, and the blocks compile a handful of graphs, not one per position (dynamic shapes:
+    a graph per position would hit Dynamo's recompile limit and fall back to eager on long outputs)."""
+    from torch._dynamo.utils import counters
+
+    from transformerkit.nn.block import compile_blocks
+    from transformerkit.runtime import compile_unavailable
+
+    if reason := compile_unavailable():
+        pytest.skip(f"torch.compile is unavailable here: {reason}")
+    torch.manual_seed(0)
+    model = tk.build_model(tk.preset("llama-tiny", vocab_size=40, n_layers=2, dropout=0.0,
+                                     attention_dropout=0.0)).eval()
+
+    @torch.no_grad()
+    def logits_per_step():
+        state = model.start(2, 20)
+        ids = torch.tensor([[5, 6, 7, 8, 9], [0, 0, 0, 10, 11]])
+        out = [model.step(ids, state, ids != 0)]
+        for token in range(12, 24):
+            out.append(model.step(torch.tensor([[token], [token + 1]]), state))
+        return torch.stack(out)  # (13, 2, V)
+
+    eager = logits_per_step()
+    torch._dynamo.reset()
+    counters.clear()
+    assert compile_blocks(model) == 2
+    torch.testing.assert_close(logits_per_step(), eager, atol=1e-5, rtol=1e-5)
+    assert 1 <= counters["stats"]["unique_graphs"] <= 4

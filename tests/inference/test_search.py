@@ -133,3 +133,14 @@ def test_sampled_decoding_is_reproducible_with_a_seed():
     runs = [greedy_search(model, source, mask, 10, temperature=1.0, generator=torch.Generator().manual_seed(3))
             for _ in range(2)]
     assert runs[0] == runs[1]
+
+
+def test_sampling_follows_the_distribution():
+    """Frequencies of 40,000 draws match softmax(logits / temperature) and a masked token is never drawn: an
+    off-by-one in the sampler, or a temperature ignored, moves a frequency by far more than 0.01."""
+    logits = torch.tensor([[0.5, 1.0, float("-inf"), 2.0, 0.0]]).expand(40_000, 5)
+    for temperature in (1.0, 2.0):
+        picks = pick_next(logits, temperature, generator=torch.Generator().manual_seed(1))
+        frequencies = torch.bincount(picks, minlength=5).double() / len(picks)
+        assert torch.allclose(frequencies, (logits[0] / temperature).softmax(-1).double(), atol=0.01)
+        assert frequencies[2] == 0

@@ -11,8 +11,9 @@ from transformerkit.recipes import load_recipe
 from transformerkit.tasks import prepare
 from transformerkit.tasks.run import train_recipe
 
+NO_BUDGET = "training.budget_minutes=0"  # the recipes size their schedules to a time budget; tests count steps
 TINY_BERT = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.d_ff=64", "tokenizer.vocab_size=500",
-             "data.batch_tokens=2048", "training.warmup_steps=5", "training.log_every=5"]
+             "data.batch_tokens=2048", "training.warmup_steps=5", "training.log_every=5", NO_BUDGET]
 
 
 def test_masking_statistics_on_a_large_batch():
@@ -48,7 +49,7 @@ def test_pretrain_then_classify_then_contrastive(data_env, tmp_path):
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] and 0 <= evals[-1]["val_accuracy"] <= 1
     langid = tmp_path / "langid"
     train_recipe(load_recipe("multi30k-langid", [f"model.init={json.dumps(str(bert))}", "training.max_steps=40",
-                                                 "training.warmup_steps=5", "training.log_every=5",
+                                                 NO_BUDGET, "training.warmup_steps=5", "training.log_every=5",
                                                  "training.eval_every=20", "training.lr=3e-3",
                                                  "data.batch_tokens=2048"]), langid, progress_bar=False)
     model = tk.load(langid, device="cpu")
@@ -62,6 +63,7 @@ def test_pretrain_then_classify_then_contrastive(data_env, tmp_path):
     embed = tmp_path / "embed"
     train_recipe(load_recipe("multi30k-captions-contrastive", [f"model.init={json.dumps(str(bert))}",
                                                                "training.max_steps=10", "training.eval_every=10",
+                                                               NO_BUDGET,
                                                                "data.batch_size=16"]),
                  embed, progress_bar=False)
     encoder = tk.load(embed, device="cpu")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from transformerkit.recipes import load_recipe
+from transformerkit.runtime import compile_unavailable
 from transformerkit.tasks.run import train_recipe
 
 from .test_trainer import TINY
@@ -28,15 +29,6 @@ def test_bfloat16_losses_are_finite_and_close_to_float32(data_env, tmp_path, mon
     bf16 = run(tmp_path, "bf16", "training.bf16=true")  # the older switch still works
     assert all(map(torch.isfinite, torch.tensor(bf16)))
     assert bf16 == pytest.approx(fp32, rel=0.03)
-
-
-def compile_unavailable() -> str | None:
-    """Why torch.compile cannot run here (inductor needs a C++ compiler on the CPU), or None."""
-    import shutil
-
-    if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
-        return "no C++ compiler for inductor"
-    return None
 
 
 def language_model(tmp_path, name, *extra):

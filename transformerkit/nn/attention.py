@@ -58,8 +58,9 @@ def _written_out_is_faster(q: Tensor, k: Tensor) -> bool:
     """PyTorch's fused CPU kernel (flash attention) pays off only for long sequences. Measured forward and
     backward on a 2-core Xeon: the written-out kernel is faster up to 64 keys in float32 (2x at 20 keys) and
     up to 256 keys when training in bfloat16 (7x at 20 keys: the fused bfloat16 backward is slow).
-    On GPUs the fused kernels always win."""
-    if q.device.type != "cpu":
+    On GPUs the fused kernels always win. Inside torch.compile the fused kernel is kept at every length: a choice
+    by length would recompile the block when a growing KV cache crosses the limit, mid-generation."""
+    if q.device.type != "cpu" or torch.compiler.is_compiling():
         return False
     limit = 256 if q.dtype == torch.bfloat16 and torch.is_grad_enabled() else 64
     return k.shape[2] <= limit

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError
+from ..runtime import compile_unavailable
 from .attention import MultiHeadAttention
 from .dropout import Dropout
 from .embedding import Embeddings, TokenEmbedding
@@ -126,3 +127,23 @@ class TransformerStack(nn.Module):
         caches = [KVCache(batch_size, c.kv_heads, max_len, c.d_head, dtype, device) for _ in self.layers]
         memory_kv = [layer.cross_attn.project_memory(memory) for layer in self.layers] if memory is not None else None
         return DecodeState(caches, memory_kv, memory_mask)
+
+
+def compile_blocks(model: nn.Module) -> int:
+    """torch.compile every Transformer block of `model` in place (regional compilation); returns how many.
+
+    A one-token decoding step on CPU spends much of its time between the matmuls: norms, rotary positions,
+    residual adds, casts to and from the quantized kernels' dtype, each a separate small operation. A compiled
+    block fuses them. Compiling the blocks rather than the whole step costs seconds instead of minutes: every
+    block runs the same code, so one compiled block serves all layers. Shapes are dynamic, since the KV cache
+    grows by one position a step. Measured on a 2-core Xeon without native bf16: SmolLM2 with its 4-bit
+    weights decodes 1.2-1.6x faster after 10-25 s of compiling (worth it for long outputs and conversations);
+    a small float32 character model, whose steps are mostly matmuls, under 1.1x.
+    """
+    device = next(model.parameters()).device
+    if reason := compile_unavailable(device.type):
+        raise ConfigError(f"compile: torch.compile cannot run here: {reason}")
+    blocks = [m for m in model.modules() if isinstance(m, TransformerBlock)]
+    for block in blocks:
+        block.compile(dynamic=True)
+    return len(blocks)

@@ -66,7 +66,7 @@ class TrainConfig(Config):
     max_steps: int | None = None  # with a budget: the most steps the plan may take
     max_epochs: int | None = None
     max_minutes: float | None = None  # a hard stop on the whole run's wall clock, evaluations included
-    budget_minutes: float | None = None  # size the schedule (steps, warmup, decay, averaging) to end within this
+    budget_minutes: float | None = None  # size the schedule (steps, warmup, decay, averaging) to end in this (0: no)
     evaluations: int = 0  # with a budget: this many evaluations spread over the plan (0: every eval_every steps)
     precision: str = "auto"  # auto: bfloat16 autocast only where this machine multiplies it natively and faster
     bf16: bool | None = None  # the older switch: true is precision "bf16", false "fp32"
@@ -90,8 +90,9 @@ class TrainConfig(Config):
             require(self, name, getattr(self, name) >= 1, "at least 1")
         for name in ("max_steps", "max_epochs"):
             require(self, name, getattr(self, name) is None or getattr(self, name) >= 1, "at least 1 (or unset)")
-        for name in ("max_minutes", "budget_minutes"):
-            require(self, name, getattr(self, name) is None or getattr(self, name) > 0, "positive (or unset)")
+        require(self, "max_minutes", self.max_minutes is None or self.max_minutes > 0, "positive (or unset)")
+        require(self, "budget_minutes", self.budget_minutes is None or self.budget_minutes >= 0,
+                "0 or more (0: no budget)")
         for name in ("warmup_steps", "evaluations", "eval_every", "snapshot_every", "average_last", "patience",
                      "min_lr", "weight_decay", "clip_norm", "checkpoint_minutes"):
             require(self, name, getattr(self, name) >= 0, "0 or more")
@@ -152,6 +153,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps,
                                            fused=self.device.type == "cuda")
         if config.compile:
+            if reason := runtime.compile_unavailable(self.device.type):
+                raise ConfigError(f"compile: torch.compile cannot run here: {reason}")
             self.loss_module = torch.compile(self.loss_module, dynamic=True)
         self.progress = Progress()
         self._saved_step, self._saved_at = 0, 0.0  # where last/ is, in steps and seconds of training
