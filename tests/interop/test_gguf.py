@@ -205,11 +205,16 @@ def test_generate_and_chat_commands(smollm2_model, monkeypatch, capsys):
 
     from transformerkit import loading
     from transformerkit.cli import main
+    from transformerkit.nn import block
 
     monkeypatch.setattr(loading, "load", lambda path, device=None, dtype=None, quantize=None: smollm2_model)
+    compiled = []  # --compile reaches compile_blocks (whose result test_generate checks; not redone at this size)
+    monkeypatch.setattr(block, "compile_blocks", lambda model: compiled.append(model) or 30)
     assert main(["generate", "smollm2", "--prompt", "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
-                 "<|im_start|>assistant\n", "--max-new-tokens", "12", "--device", "cpu", "--dtype", "fp32"]) == 0
-    assert "Paris" in capsys.readouterr().out
+                 "<|im_start|>assistant\n", "--max-new-tokens", "12", "--device", "cpu", "--dtype", "fp32",
+                 "--compile"]) == 0
+    out, err = capsys.readouterr()
+    assert "Paris" in out and compiled == [smollm2_model] and "compiling 30 blocks" in err
     monkeypatch.setattr("sys.stdin", io.StringIO("What is the capital of France?\nAnd of Italy?\n"))
     assert main(["chat", "smollm2", "--max-new-tokens", "16", "--device", "cpu", "--dtype", "fp32"]) == 0
     out = capsys.readouterr().out
