@@ -24,6 +24,7 @@ import transformerkit as tk
 from transformerkit.data.batching import pad
 from transformerkit.inference.generate import GenerationOptions, generate_ids
 from transformerkit.inference.translate import decode_sources
+from transformerkit.quantize import weight_bytes
 from transformerkit.runtime import keep_freed_memory
 
 CASES = (("greedy", 1), ("greedy", 8), ("sampling", 1), ("sampling", 8), ("beam5", 1))  # (mode, batch)
@@ -117,11 +118,6 @@ def run_translation(dtype: torch.dtype, repeats: int, run: str | None, bandwidth
         rows.append(_row("multi30k-de-en", dtype, mode, batch, sentences * new, ours_seconds, ref_seconds,
                          "MarianMTModel.generate", share, batch * steps_ceiling))
     return rows
-
-
-def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes of the weights a decoding step reads (a tied embedding counted once)."""
-    return sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
 
 
 @contextlib.contextmanager

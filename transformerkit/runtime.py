@@ -199,6 +199,12 @@ def compile_unavailable(device_type: str = "cpu") -> str | None:
     return None
 
 
+def require_compile(device_type: str) -> None:
+    """A ConfigError (one line on the command line) where torch.compile cannot run, before it fails deep inside."""
+    if reason := compile_unavailable(device_type):
+        raise ConfigError(f"compile: torch.compile cannot run here: {reason}")
+
+
 def check_device(name: str) -> str:
     """A device name this machine has (cpu, cuda, cuda:N, mps), or a ConfigError saying what it has."""
     try:

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError
-from ..runtime import compile_unavailable
+from ..runtime import require_compile
 from .attention import MultiHeadAttention
 from .dropout import Dropout
 from .embedding import Embeddings, TokenEmbedding
@@ -140,9 +140,7 @@ def compile_blocks(model: nn.Module) -> int:
     weights decodes 1.2-1.6x faster after 10-25 s of compiling (worth it for long outputs and conversations);
     a small float32 character model, whose steps are mostly matmuls, under 1.1x.
     """
-    device = next(model.parameters()).device
-    if reason := compile_unavailable(device.type):
-        raise ConfigError(f"compile: torch.compile cannot run here: {reason}")
+    require_compile(next(model.parameters()).device.type)
     blocks = [m for m in model.modules() if isinstance(m, TransformerBlock)]
     for block in blocks:
         block.compile(dynamic=True)

@@ -153,8 +153,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps,
                                            fused=self.device.type == "cuda")
         if config.compile:
-            if reason := runtime.compile_unavailable(self.device.type):
-                raise ConfigError(f"compile: torch.compile cannot run here: {reason}")
+            runtime.require_compile(self.device.type)
             self.loss_module = torch.compile(self.loss_module, dynamic=True)
         self.progress = Progress()
         self._saved_step, self._saved_at = 0, 0.0  # where last/ is, in steps and seconds of training
