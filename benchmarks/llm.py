@@ -6,10 +6,12 @@
    against a nanoGPT-style eager model (written out below, as nanoGPT's model.py does it) on the same batches,
    in float32, and in bfloat16 where this machine multiplies it natively (with the validation loss of both
    after the same tokens).
-2. The shakespeare run's best validation loss and training time (from RUN's metrics), when given.
+2. The shakespeare run's best validation loss and training time (from RUN's metrics), when given, and its
+   curves (benchmarks/results/shakespeare-<machine kind>.png).
 3. SmolLM2-135M-Instruct through `generate_ids` in each quantize mode (none = exact float32, int8, gguf = the
    file's own 4-bit blocks, gguf+compile = the same with its blocks compiled, as `generate --compile` does):
-   decode tokens/s for 128 greedy tokens, prompt tokens/s at 500 tokens, the loaded tensors' bytes, the
+   decode tokens/s for 128 greedy tokens (the median of three runs, each without its prefill, as llama-bench's
+   tg128 counts them), prompt tokens/s at 500 tokens, the loaded tensors' bytes, the
    perplexity of held-out text (the end of Tiny Shakespeare) and the logits' distance from float32;
    transformers' float32 generate on the same file; llama.cpp's `llama-bench -p 500 -n 128` on the same file
    and threads (built by ../shared/tools/build-llama-cpp.sh); the memory-bandwidth ceiling (bytes of weights
@@ -23,13 +25,14 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import copy_bandwidth, machine_facts, machine_kind, print_table, write_json
+from common import RESULTS, copy_bandwidth, machine_facts, machine_kind, print_table, write_json
 from torch import nn
 
 import transformerkit as tk
@@ -40,6 +43,7 @@ from transformerkit.nn.block import compile_blocks
 from transformerkit.recipes import load_recipe
 from transformerkit.runtime import keep_freed_memory, threads_line
 from transformerkit.tasks import prepare
+from transformerkit.viz import plot_training
 
 BUILD_LLAMA = Path(__file__).resolve().parents[2] / "shared" / "tools" / "build-llama-cpp.sh"
 
@@ -139,6 +143,13 @@ def decode_rate(model, prompt: list[int], new_tokens: int) -> float:
     return new_tokens / (timed_generate(model, prompt, new_tokens + 1) - timed_generate(model, prompt, 1))
 
 
+def hf_seconds(hf, ids: torch.Tensor, new_tokens: int) -> float:
+    """Seconds of transformers' greedy generate for exactly `new_tokens` tokens after `ids` (1, T)."""
+    start = time.perf_counter()
+    hf.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    return time.perf_counter() - start
+
+
 def perplexity(model, ids: list[int], window: int = 512) -> float:
     """exp(mean next-token cross-entropy) over `ids`, in windows of `window` tokens."""
     total, count = 0.0, 0
@@ -183,6 +194,7 @@ def smollm2(new_tokens: int = 128) -> dict:
     held_out = (data_dir() / "tinyshakespeare" / "input.txt").read_text()[-6000:]  # text none of the prompts use
     long_text = "The lighthouse keeper counted the waves. " * 600
     modes, float_logits = {}, None
+    llama_before = llama_bench(path, threads)  # and again after ours, so that both see the same machine
     for mode in ("none", "int8", "gguf", "gguf+compile"):
         quantize = mode.removesuffix("+compile")
         model = tk.load("smollm2", device="cpu", quantize=None if quantize == "none" else quantize)
@@ -199,9 +211,10 @@ def smollm2(new_tokens: int = 128) -> dict:
         long_prompt = tokenizer.encode(long_text).ids
         warm_up = timed_generate(model, prompt, 4)  # first-call allocations, kernel layouts (and compiling:
         warm_up += timed_generate(model, long_prompt[:500], 1) if compiled else 0.0  # both prefill shapes)
+        timed_generate(model, prompt, new_tokens + 1)  # the first long run after loading is slower: not timed
         ttft = timed_generate(model, long_prompt[:500], 1)
         modes[mode] = {
-            "decode_tokens_per_second": new_tokens / timed_generate(model, prompt, new_tokens),
+            "decode_tokens_per_second": statistics.median(decode_rate(model, prompt, new_tokens) for _ in range(3)),
             "prompt_tokens_per_second": 500 / ttft, "ttft_500_seconds": ttft,
             "weight_bytes": weight_bytes(model),
             "perplexity": perplexity(model, tokenizer.encode(held_out).ids),
@@ -220,24 +233,32 @@ def smollm2(new_tokens: int = 128) -> dict:
     hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
                                                            dtype=torch.float32).eval()
     ids = torch.tensor([prompt])
-    with torch.no_grad():
-        hf.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0)
-        start = time.perf_counter()
-        hf.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-        hf_seconds = time.perf_counter() - start
+    with torch.no_grad():  # measured as ours: warmed up, then the median of three runs without their prefill
+        hf_seconds(hf, ids, new_tokens + 1)
+        hf_rate = statistics.median(new_tokens / (hf_seconds(hf, ids, new_tokens + 1) - hf_seconds(hf, ids, 1))
+                                    for _ in range(3))
     del hf
+    llama_after = llama_bench(path, threads)
     float_bytes, bandwidth = modes["none"]["weight_bytes"], copy_bandwidth()
     return {"smollm2_decode_tokens_per_second": modes[best]["decode_tokens_per_second"], "smollm2_quantize": best,
             "smollm2_threads": threads, "smollm2_weight_bytes": modes[best]["weight_bytes"],
             "smollm2_file_bytes": path.stat().st_size, "smollm2_modes": modes,
-            "hf_decode_tokens_per_second": new_tokens / hf_seconds,
+            "hf_decode_tokens_per_second": hf_rate,
             "bandwidth_ceiling_tokens_per_second": bandwidth / modes[best]["weight_bytes"],
             "float32_bandwidth_ceiling_tokens_per_second": bandwidth / float_bytes,
             "ttft_500_seconds": modes[best]["ttft_500_seconds"],
             "prompt_tokens_per_second": modes[best]["prompt_tokens_per_second"],
             "decode_tokens_per_second_by_context": modes[best].get("decode_tokens_per_second_by_context",
                                                                    modes["gguf"]["decode_tokens_per_second_by_context"]),
-            **(llama_bench(path, threads) or {})}
+            **bracketed(llama_before, llama_after)}
+
+
+def bracketed(before: dict | None, after: dict | None) -> dict:
+    """llama.cpp's rates measured before and after ours (the machine's speed drifts): their means, and both."""
+    if before is None or after is None:
+        return {}
+    return {**{key: (before[key] + after[key]) / 2 for key in before if key.endswith("per_second")},
+            "llama_cpp_build": before["llama_cpp_build"], "llama_cpp_before_and_after": [before, after]}
 
 
 def main() -> None:
@@ -270,6 +291,8 @@ def main() -> None:
         result["shakespeare_recipe"] = json.loads(Path(args.shakespeare_run, "recipe.json").read_text())["name"]
         result["shakespeare_val_loss"] = min(r["val_loss"] for r in records if "val_loss" in r)
         result["shakespeare_train_seconds"] = records[-1]["summary"]["train_seconds"]
+        curve = plot_training(args.shakespeare_run, RESULTS / f"shakespeare-{machine_kind()}.png")
+        result["shakespeare_curve"] = curve.name
     decode = smollm2()
     result.update(decode)
     print(f"on {result['machine']}; {threads_line()}")

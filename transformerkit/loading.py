@@ -14,7 +14,7 @@ from torch import nn
 from . import runtime
 from .errors import CheckpointError, ConfigError
 from .interop import huggingface
-from .quantize import quantization_of, quantize_model
+from .quantize import join_projections, quantization_of, quantize_model
 from .runtime import best_device
 from .training.checkpoint import attach_tokenizers, is_checkpoint, load_weights, read_checkpoint
 
@@ -102,8 +102,9 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None, dtyp
 
 
 def finish_quantized(model: nn.Module, kind: str | None) -> None:
-    """Quantize what is still float (all of it for int8/int4; the rest of a GGUF file's model), and give every
-    quantized layer the activation dtype this machine's kernels are fastest with."""
+    """Quantize what is still float (all of it for int8/int4; the rest of a GGUF file's model), give every
+    quantized layer the activation dtype this machine's kernels are fastest with, and join the int4
+    projections that read the same input into one kernel call each."""
     from .nn.quantized import Int4Linear, Int8Linear
 
     if kind is not None:
@@ -113,6 +114,7 @@ def finish_quantized(model: nn.Module, kind: str | None) -> None:
     for module in model.modules():
         if isinstance(module, (Int4Linear, Int8Linear)):
             module.kernel_dtype = dtype
+    join_projections(model)
 
 
 def _quantized_kernels_pay() -> bool:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .nn.quantized import Int4Linear, Int8Linear, QuantizedEmbedding
+from .nn.quantized import Int4Linear, Int8Linear, QuantizedEmbedding, join_int4
 
 KINDS = ("int8", "int4")
 
@@ -40,6 +40,21 @@ def quantize_model(model: nn.Module, kind: str, group_size: int = 32) -> nn.Modu
                     embeddings.tokens = QuantizedEmbedding(layer, embeddings.tokens.scale)
     model.quantization = {"kind": kind, "group_size": group_size}
     return model
+
+
+def join_projections(model: nn.Module) -> int:
+    """Join each block's int4 projections that read the same input (self-attention's q, k and v; SwiGLU's gate
+    and up) into one kernel call each (nn/quantized.join_int4); returns how many groups were joined. For
+    decoding: a one-token matmul is so small that the calls' fixed cost is a large share of it."""
+    from .nn.block import TransformerBlock
+
+    joined = 0
+    for block in [m for m in model.modules() if isinstance(m, TransformerBlock)]:
+        attention, ffn = block.self_attn, block.ffn
+        joined += join_int4([attention.q_proj, attention.k_proj, attention.v_proj])
+        if ffn.gate_proj is not None:
+            joined += join_int4([ffn.gate_proj, ffn.up_proj])
+    return joined
 
 
 def _tied_embeddings(model: nn.Module, output: nn.Module | None) -> list[nn.Module]:

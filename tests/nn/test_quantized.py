@@ -86,3 +86,56 @@ def test_a_quantized_checkpoint_loads_back_by_itself(tmp_path):
     ids = torch.randint(3, 50, (1, 8))
     with torch.no_grad():
         torch.testing.assert_close(again(ids), model(ids), atol=1e-3, rtol=1e-3)
+
+
+def test_an_int4_layer_keeps_one_copy_of_its_weights_and_saves_the_same_codes_after_running():
+    torch.manual_seed(0)
+    layer = Int4Linear.from_float(torch.randn(64, 128), 32)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    dequantized, size = layer.dequantize(), weight_bytes(layer)
+    layer.kernel_dtype = torch.bfloat16
+    layer(torch.randn(2, 128))  # the kernel's layout replaces the portable codes
+    assert layer.codes is None and layer.packed is not None
+    # what memory holds is counted: the packed codes (as many bytes as before) and the kernel's bfloat16 scales
+    assert weight_bytes(layer) == size + layer.scales_and_zeros.numel() * 2
+    after = layer.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    torch.testing.assert_close(layer.dequantize(), dequantized, atol=0, rtol=0)
+    fresh = Int4Linear.from_float(torch.randn(64, 128), 32)
+    fresh(torch.randn(2, 128))
+    fresh.load_state_dict(after)  # loading into a layer that has run starts its kernel layout afresh
+    assert fresh.packed is None and torch.equal(fresh.codes, before["codes"])
+    x = torch.randn(3, 128)
+    layer.kernel_dtype = None
+    torch.testing.assert_close(fresh(x), layer(x))
+
+
+def test_joined_projections_compute_what_separate_ones_do_and_save_the_same_checkpoint():
+    from transformerkit.quantize import join_projections
+
+    torch.manual_seed(0)
+    model = quantize_model(tk.build_model(FAMILIES["llama"].replace(d_model=64, d_ff=128)).eval(), "int4")
+    ids = torch.randint(3, 50, (2, 7))
+    with torch.no_grad():
+        before, saved = model(ids), {k: v.clone() for k, v in model.state_dict().items()}
+        calls = int4_calls(lambda: model(ids))
+        assert join_projections(model) == 2 * model.config.n_layers  # q, k, v and gate, up in every block
+        joined = model(ids)
+        assert int4_calls(lambda: model(ids)) == calls * 4 // 7  # q k v o gate up down -> qkv o gateup down
+        state = model.start(2, 10)
+        steps = torch.stack([model.step(ids[:, t:t + 1], state) for t in range(7)], dim=1)
+    torch.testing.assert_close(joined, before, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(steps, before, atol=1e-4, rtol=1e-4)
+    attention = model.decoder.layers[0].self_attn
+    q, k, v = attention.q_proj, attention.k_proj, attention.v_proj
+    assert q.packed.shape[0] == q.out_features + k.out_features + v.out_features  # one layout holds all three
+    assert k.packed is None and v.packed is None and k.codes is None
+    after = model.state_dict()
+    assert after.keys() == saved.keys() and all(torch.equal(after[key], saved[key]) for key in saved)
+
+
+def int4_calls(run) -> int:
+    """How many times `run()` calls the int4 kernel."""
+    with torch.profiler.profile() as profile:
+        run()
+    return sum(event.count for event in profile.key_averages() if event.key == "aten::_weight_int4pack_mm_for_cpu")

@@ -57,3 +57,16 @@ def test_a_re_planned_cosine_continues_without_a_jump_and_ends_at_the_floor():
         assert replanned(401) == pytest.approx(first(400), rel=0.01)
         assert replanned(end) == pytest.approx(1e-5)
     assert longer(1000) > first(1000) and shorter(650) < first(650)
+
+
+def test_a_replan_that_moves_the_evaluation_points_does_not_evaluate_twice_in_a_row():
+    from transformerkit.training.schedules import next_evaluation
+
+    steps, last = [], 0
+    for done in range(4):  # no re-plan: the plan's evenly spread points, the last at its end
+        last = next_evaluation(1000, 4, done, last)
+        steps.append(last)
+    assert steps == [250, 500, 750, 1000]
+    # the 2nd of 8 evaluations made at step 470 of a 1880-step plan; re-planned to 1890 steps, whose 2nd point
+    # is step 472, or shrunk to 900 steps, whose 3rd point (337) has passed: the next comes a share of the rest later
+    assert next_evaluation(1890, 8, 2, 470) == 707 and next_evaluation(900, 8, 2, 470) == 542

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from .kv_cache import KVCache
 from .masks import causal_mask
+from .quantized import project
 from .rope import apply_rotary
 
 
@@ -101,11 +102,11 @@ class MultiHeadAttention(nn.Module):
                 memory_kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """x (B, T, C) -> (B, T, C). With a cache, the T new positions start at `position`."""
         B, T, _ = x.shape
-        q = self._heads(self.q_proj(x), self.n_heads)  # (B, H, T, D)
         if memory_kv is not None:
-            k, v = memory_kv  # (B, Hkv, S, D)
+            q, (k, v) = self._heads(self.q_proj(x), self.n_heads), memory_kv  # (B, H, T, D), (B, Hkv, S, D)
         else:
-            k, v = self._heads(self.k_proj(x), self.n_kv_heads), self._heads(self.v_proj(x), self.n_kv_heads)
+            q, k, v = project(x, self.q_proj, self.k_proj, self.v_proj)  # one matmul where they are joined
+            q, k, v = self._heads(q, self.n_heads), self._heads(k, self.n_kv_heads), self._heads(v, self.n_kv_heads)
             if rope is not None:
                 q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
             if cache is not None:

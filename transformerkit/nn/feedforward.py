@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ModelConfig
+from .quantized import project
 
 ACTIVATIONS = {
     "relu": F.relu,  # Vaswani et al., 2017
@@ -28,5 +29,6 @@ class FeedForward(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(B, T, C) -> (B, T, d_ff) -> (B, T, C)."""
         if self.gate_proj is not None:
-            return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+            gate, up = project(x, self.gate_proj, self.up_proj)  # one matmul where they are joined
+            return self.down_proj(self.act(gate) * up)
         return self.down_proj(self.act(self.up_proj(x)))

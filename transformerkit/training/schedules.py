@@ -65,6 +65,14 @@ def make_schedule(name: str, peak: float, warmup: int, total: int | None, floor:
     raise ConfigError(f"schedule: {name!r} is not allowed; choose one of 'inverse_sqrt', 'cosine', 'constant'")
 
 
+def next_evaluation(total: int, evaluations: int, done: int, last: int) -> int:
+    """The step of a budgeted plan's next evaluation, after `done` of its `evaluations` (the last of them at
+    step `last`): the ones left spread evenly over the steps left, the last at the end. Without a re-plan these
+    are the plan's evenly spread points; when a re-plan changes `total`, they move with it but never come
+    a few steps after the evaluation just made."""
+    return last + round((total - last) / max(1, evaluations - done))
+
+
 def plan_budget(budget_seconds: float, elapsed: float, step: int, step_seconds: float, eval_seconds: float,
                 evaluations: int, eval_every: int, snapshot_every: int, averaged: bool, max_steps: int | None) -> int:
     """The most steps (in all) whose training and evaluations fit in what is left of a time budget.

@@ -27,7 +27,7 @@ from ..config import Config, require
 from ..errors import CheckpointError, ConfigError, DataError, Interrupted, TrainingError
 from . import distributed
 from .run_folder import RunFolder, seed_everything
-from .schedules import SCHEDULES, cosine_progress, make_schedule, plan_budget
+from .schedules import SCHEDULES, cosine_progress, make_schedule, next_evaluation, plan_budget
 
 PLAN_AFTER_STEPS = 30  # a budgeted run times this many steps (or 5% of its budget) before it fixes its plan
 
@@ -244,6 +244,8 @@ class Trainer:
                               f"transformerkit train --resume {self.run_dir}", self._stop_signal)
         if not planned_now and (self._evaluation_due() or reason):
             reason = self._evaluate_and_save() or reason
+            if p.plan is not None:
+                p.plan["evaluations"] = [self._evaluations_so_far()[0] + 1, p.step]
             if reason is None and p.plan is not None:
                 self._replan()
                 reason = self._limit_reached()
@@ -319,7 +321,8 @@ class Trainer:
             return False
         self._evaluate_and_save()
         total = self._budget_total()
-        p.plan = {"planned_steps": total, "warmup_steps": min(c.warmup_steps, max(1, total // 4)), "anchor": None}
+        p.plan = {"planned_steps": total, "warmup_steps": min(c.warmup_steps, max(1, total // 4)), "anchor": None,
+                  "evaluations": [0, 0]}  # made, and the step of the last (the planning one is not counted)
         self._plan_changed(f"budget {c.budget_minutes:g} min: {total} steps fit (warmup {p.plan['warmup_steps']})")
         return True
 
@@ -374,9 +377,19 @@ class Trainer:
         if c.budget_minutes and p.plan is None:
             return False
         if c.budget_minutes and c.evaluations:
-            total = p.plan["planned_steps"]
-            return any(round(total * k / c.evaluations) == p.step for k in range(1, c.evaluations + 1))
+            done, last = self._evaluations_so_far()
+            return done < c.evaluations and p.step >= next_evaluation(p.plan["planned_steps"], c.evaluations, done,
+                                                                      last)
         return bool(c.eval_every) and p.step % c.eval_every == 0
+
+    def _evaluations_so_far(self) -> tuple[int, int]:
+        """How many of the plan's evaluations were made, and the step of the last one (for a plan saved before
+        they were counted: its evenly spread points passed)."""
+        p, n = self.progress, max(1, self.config.evaluations)
+        if "evaluations" not in p.plan:
+            done = sum(1 for k in range(1, n + 1) if round(p.plan["planned_steps"] * k / n) < p.step)
+            return done, round(p.plan["planned_steps"] * done / n)
+        return tuple(p.plan["evaluations"])
 
     def _counts_steps(self) -> bool:
         c = self.config
