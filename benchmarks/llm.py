@@ -13,8 +13,9 @@
    decode tokens/s for 128 greedy tokens (the median of three runs, each without its prefill, as llama-bench's
    tg128 counts them), prompt tokens/s at 500 tokens, the loaded tensors' bytes, the
    perplexity of held-out text (the end of Tiny Shakespeare) and the logits' distance from float32;
-   transformers' float32 generate on the same file; llama.cpp's `llama-bench -p 500 -n 128` on the same file
-   and threads (built by ../shared/tools/build-llama-cpp.sh); the memory-bandwidth ceiling (bytes of weights
+   transformers' float32 generate on the same file and llama.cpp's `llama-bench -p 500 -n 128` on the same file
+   and threads (built by ../shared/tools/build-llama-cpp.sh), each run in turn with ours, three rounds, the
+   ratios taken round by round; the memory-bandwidth ceiling (bytes of weights
    per token over the measured copy rate); decode speed at 100, 1,000 and 4,000 tokens of context.
 Writes benchmarks/results/llm-<machine kind>.json.
 """
@@ -97,15 +98,14 @@ def train_throughput(recipe: dict, precision: str, steps: int = 12) -> dict[str,
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    rates = {}
-    for name, step in (("ours", lambda b: trainer.step([b])), ("nanogpt", reference)):
-        for batch in batches[:2]:
+    sides = {"ours": lambda b: trainer.step([b]), "nanogpt": reference}
+    seconds = dict.fromkeys(sides, 0.0)
+    for i, batch in enumerate(batches):  # step by step in turn, so that both see the same machine (it drifts)
+        for name, step in sides.items():
+            start = time.perf_counter()
             step(batch)
-        start = time.perf_counter()
-        for batch in batches[2:]:
-            step(batch)
-        rates[name] = steps * batches[0].n_tokens / (time.perf_counter() - start)
-    return rates
+            seconds[name] += (time.perf_counter() - start) if i >= 2 else 0.0  # two warm-up steps each
+    return {name: steps * batches[0].n_tokens / seconds[name] for name in sides}
 
 
 def loss_after_same_tokens(recipe: dict, steps: int, run_root: Path) -> dict[str, float]:
@@ -138,16 +138,45 @@ def timed_generate(model, prompt: list[int], new_tokens: int) -> float:
 
 
 def decode_rate(model, prompt: list[int], new_tokens: int) -> float:
-    """Decode tokens/s after `prompt`: the time of prompt + new_tokens + 1 minus that of prompt + 1, so the
-    prefill cancels out."""
-    return new_tokens / (timed_generate(model, prompt, new_tokens + 1) - timed_generate(model, prompt, 1))
+    """Decode tokens/s after `prompt`, timed inside one generation from the first new token (which ends the
+    prefill) to the last, with `generate_ids`' own per-token callback: no prefill, and no difference of two
+    runs that the machine's drift can make negative."""
+    stamps: list[float] = []
+    options = GenerationOptions(max_new_tokens=new_tokens + 1, min_new_tokens=new_tokens + 1)
+    generate_ids(model, [prompt], options, on_token=lambda row, token: stamps.append(time.perf_counter()))
+    assert len(stamps) == new_tokens + 1
+    return new_tokens / (stamps[-1] - stamps[0])
 
 
-def hf_seconds(hf, ids: torch.Tensor, new_tokens: int) -> float:
-    """Seconds of transformers' greedy generate for exactly `new_tokens` tokens after `ids` (1, T)."""
-    start = time.perf_counter()
-    hf.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-    return time.perf_counter() - start
+class _Arrivals:
+    """A transformers streamer that only notes when tokens arrive: the first call brings the prompt, then one
+    call per new token."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, value) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def hf_decode_rate(hf, ids: torch.Tensor, new_tokens: int) -> float:
+    """transformers' greedy generate after `ids` (1, T), timed as `decode_rate` times ours."""
+    arrivals = _Arrivals()
+    hf.generate(ids, max_new_tokens=new_tokens + 1, min_new_tokens=new_tokens + 1, do_sample=False,
+                pad_token_id=0, streamer=arrivals)
+    assert len(arrivals.times) == new_tokens + 2
+    return new_tokens / (arrivals.times[-1] - arrivals.times[1])
+
+
+def load_transformers(path: Path):
+    """transformers' float32 model on the same GGUF file (dequantized, as transformers loads it)."""
+    import transformers
+
+    return transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                             dtype=torch.float32).eval()
 
 
 def perplexity(model, ids: list[int], window: int = 512) -> float:
@@ -184,8 +213,6 @@ def llama_bench(gguf: Path, threads: int, prompt: int = 500, new_tokens: int = 1
 
 def smollm2(new_tokens: int = 128) -> dict:
     """SmolLM2-135M-Instruct: ours in each quantize mode against float32, transformers and llama.cpp."""
-    import transformers
-
     from transformerkit.loading import resolve_alias
     from transformerkit.quantize import weight_bytes
 
@@ -194,16 +221,16 @@ def smollm2(new_tokens: int = 128) -> dict:
     held_out = (data_dir() / "tinyshakespeare" / "input.txt").read_text()[-6000:]  # text none of the prompts use
     long_text = "The lighthouse keeper counted the waves. " * 600
     modes, float_logits = {}, None
-    llama_before = llama_bench(path, threads)  # and again after ours, so that both see the same machine
+    tokenizer = tk.load("smollm2", device="cpu").tokenizer
+    prompt = tokenizer.encode("<|im_start|>user\nTell me a long story about a lighthouse keeper.<|im_end|>\n"
+                              "<|im_start|>assistant\n").ids
+    loaded = {}
     for mode in ("none", "int8", "gguf", "gguf+compile"):
         quantize = mode.removesuffix("+compile")
         model = tk.load("smollm2", device="cpu", quantize=None if quantize == "none" else quantize)
         compiled = mode.endswith("+compile")
         if compiled:
             compile_blocks(model)  # what `generate --compile` does: the first call compiles (timed below)
-        tokenizer = model.tokenizer
-        prompt = tokenizer.encode("<|im_start|>user\nTell me a long story about a lighthouse keeper.<|im_end|>\n"
-                                  "<|im_start|>assistant\n").ids
         probe = torch.tensor([tokenizer.encode("The capital of France is Paris, and the capital of Italy is").ids])
         with torch.no_grad():
             logits = model(probe).float()
@@ -228,37 +255,54 @@ def smollm2(new_tokens: int = 128) -> dict:
                 str(n): decode_rate(model, long_prompt[:n], 32) for n in (100, 1000, 4000)}
         print(f"  ours, quantize={mode}: {modes[mode]['decode_tokens_per_second']:.1f} tokens/s, "
               f"perplexity {modes[mode]['perplexity']:.3f}", flush=True)
-        del model
+        loaded[mode] = model
     best = max(modes, key=lambda m: modes[m]["decode_tokens_per_second"])
-    hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
-                                                           dtype=torch.float32).eval()
-    ids = torch.tensor([prompt])
-    with torch.no_grad():  # measured as ours: warmed up, then the median of three runs without their prefill
-        hf_seconds(hf, ids, new_tokens + 1)
-        hf_rate = statistics.median(new_tokens / (hf_seconds(hf, ids, new_tokens + 1) - hf_seconds(hf, ids, 1))
-                                    for _ in range(3))
-    del hf
-    llama_after = llama_bench(path, threads)
+    model = loaded.pop(best)
+    loaded.clear()
+    rounds = side_by_side(model, path, prompt, long_prompt[:500], new_tokens, threads)
     float_bytes, bandwidth = modes["none"]["weight_bytes"], copy_bandwidth()
-    return {"smollm2_decode_tokens_per_second": modes[best]["decode_tokens_per_second"], "smollm2_quantize": best,
+    median = {key: statistics.median(r[key] for r in rounds) for key in rounds[0] if key.endswith("per_second")}
+    return {"smollm2_decode_tokens_per_second": median["decode_tokens_per_second"], "smollm2_quantize": best,
             "smollm2_threads": threads, "smollm2_weight_bytes": modes[best]["weight_bytes"],
             "smollm2_file_bytes": path.stat().st_size, "smollm2_modes": modes,
-            "hf_decode_tokens_per_second": hf_rate,
+            "hf_decode_tokens_per_second": median["hf_decode_tokens_per_second"],
+            "llama_cpp_decode_tokens_per_second": median.get("llama_cpp_decode_tokens_per_second"),
+            "llama_cpp_prompt_tokens_per_second": median.get("llama_cpp_prompt_tokens_per_second"),
+            "side_by_side_rounds": rounds,
+            "decode_vs_transformers": statistics.median(
+                r["decode_tokens_per_second"] / r["hf_decode_tokens_per_second"] for r in rounds),
+            **({"decode_vs_llama_cpp": statistics.median(
+                r["decode_tokens_per_second"] / r["llama_cpp_decode_tokens_per_second"] for r in rounds),
+                "prompt_vs_llama_cpp": statistics.median(
+                r["prompt_tokens_per_second"] / r["llama_cpp_prompt_tokens_per_second"] for r in rounds)}
+               if "llama_cpp_decode_tokens_per_second" in median else {}),
             "bandwidth_ceiling_tokens_per_second": bandwidth / modes[best]["weight_bytes"],
             "float32_bandwidth_ceiling_tokens_per_second": bandwidth / float_bytes,
-            "ttft_500_seconds": modes[best]["ttft_500_seconds"],
-            "prompt_tokens_per_second": modes[best]["prompt_tokens_per_second"],
+            "ttft_500_seconds": 500 / median["prompt_tokens_per_second"],
+            "prompt_tokens_per_second": median["prompt_tokens_per_second"],
             "decode_tokens_per_second_by_context": modes[best].get("decode_tokens_per_second_by_context",
-                                                                   modes["gguf"]["decode_tokens_per_second_by_context"]),
-            **bracketed(llama_before, llama_after)}
+                                                                   modes["gguf"]["decode_tokens_per_second_by_context"])}
 
 
-def bracketed(before: dict | None, after: dict | None) -> dict:
-    """llama.cpp's rates measured before and after ours (the machine's speed drifts): their means, and both."""
-    if before is None or after is None:
-        return {}
-    return {**{key: (before[key] + after[key]) / 2 for key in before if key.endswith("per_second")},
-            "llama_cpp_build": before["llama_cpp_build"], "llama_cpp_before_and_after": [before, after]}
+def side_by_side(model, path: Path, prompt: list[int], long_prompt: list[int], new_tokens: int, threads: int,
+                 rounds: int = 3) -> list[dict]:
+    """Ours (our best mode), transformers and llama.cpp in turn, `rounds` times: each round's three see the
+    same machine. On a shared VM the speed drifts by up to 2x within minutes (llama-bench measured 32.5 and
+    52.7 decode tokens/s ten minutes apart in one run), so references timed before or after ours would not
+    compare; the ratios are taken round by round."""
+    hf = load_transformers(path)
+    ids = torch.tensor([prompt])
+    results = []
+    with torch.no_grad():
+        hf_decode_rate(hf, ids, new_tokens)  # warm-up
+        for _ in range(rounds):
+            row = {"decode_tokens_per_second": decode_rate(model, prompt, new_tokens),
+                   "prompt_tokens_per_second": len(long_prompt) / timed_generate(model, long_prompt, 1),
+                   "hf_decode_tokens_per_second": hf_decode_rate(hf, ids, new_tokens)}
+            row.update(llama_bench(path, threads) or {})
+            print(f"  round: {row}", flush=True)
+            results.append(row)
+    return results
 
 
 def main() -> None:
@@ -298,7 +342,7 @@ def main() -> None:
     print(f"on {result['machine']}; {threads_line()}")
     rows += [(f"SmolLM2 decode tok/s (ours: {decode['smollm2_quantize']}; transformers fp32)",
               round(decode["smollm2_decode_tokens_per_second"], 1), round(decode["hf_decode_tokens_per_second"], 1))]
-    if "llama_cpp_decode_tokens_per_second" in decode:
+    if decode["llama_cpp_decode_tokens_per_second"] is not None:
         rows += [("SmolLM2 decode tok/s (llama.cpp)", round(decode["smollm2_decode_tokens_per_second"], 1),
                   round(decode["llama_cpp_decode_tokens_per_second"], 1)),
                  ("SmolLM2 prompt tok/s, 500 tokens (llama.cpp)", round(decode["prompt_tokens_per_second"], 1),
@@ -309,6 +353,9 @@ def main() -> None:
                   m["same_argmax"]) for mode, m in decode["smollm2_modes"].items()],
                 ("quantize", "decode tok/s", "prompt tok/s", "tensors", "perplexity", "mean |logit diff|",
                  "same argmax"))
+    print(f"round by round, ours / transformers {decode['decode_vs_transformers']:.2f}x"
+          + (f", ours / llama.cpp {decode['decode_vs_llama_cpp']:.2f}x decode, {decode['prompt_vs_llama_cpp']:.2f}x "
+             "prompt" if "decode_vs_llama_cpp" in decode else ""))
     print(f"bandwidth ceiling {decode['bandwidth_ceiling_tokens_per_second']:.1f} tok/s; by context "
           f"{decode['decode_tokens_per_second_by_context']}")
     print(f"wrote {write_json(f'llm-{machine_kind()}.json', result)}")

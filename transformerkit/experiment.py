@@ -114,6 +114,8 @@ def evaluate_model(name: str, run: Path, device: str) -> dict[str, Any]:
     beam = evaluate_split(model, "test_2016_flickr", beam=5)
     return {"model": name, "parameters": sum(p.numel() for p in model.parameters()),
             "train_seconds": summary["train_seconds"], "train_tokens_per_second": summary["tokens_per_second"],
+            "precision": summary["precision"], "planned_steps": summary["planned_steps"],
+            "final_lr": summary.get("final_lr"),  # runs finished before it was recorded have none
             "val_loss": evals[-1]["val_loss"] if evals else None,
             "bleu_tokenized_greedy": greedy["bleu_tokenized"], "bleu_tokenized_beam": beam["bleu_tokenized"],
             "sacrebleu_greedy": greedy["sacrebleu"], "sacrebleu_beam": beam["sacrebleu"]}

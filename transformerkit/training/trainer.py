@@ -497,7 +497,8 @@ class Trainer:
         summary = {"finished": reason, "step": p.step, "epoch": p.epoch, "tokens": p.tokens,
                    "train_seconds": p.elapsed, "tokens_per_second": p.tokens / max(p.elapsed, 1e-9),
                    "best": p.best, "select": self.select, "precision": self.precision.name,
-                   "planned_steps": planned, "budget_minutes": c.budget_minutes}
+                   "planned_steps": planned, "budget_minutes": c.budget_minutes,
+                   "final_lr": self.lr_at(p.step)}  # the last step's rate: annealed, or cut short
         warnings = self._failure_warnings(reason, planned, summary["tokens_per_second"])
         summary["learned"] = not warnings
         self._log({"summary": summary})
