@@ -34,7 +34,7 @@ def main() -> None:
     results = run_experiment(out, args.direction, args.budget_minutes)
     for row in results:
         row["anchor_bleu_tokenized_greedy"] = ANCHORS.get(row["model"])
-        row["machine"] = machine()
+        row["machine"] = row["machine"] or machine()  # the machine each model trained on, when its run says
         row["budget_minutes"] = args.budget_minutes
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"experiment-{args.direction}.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -220,14 +220,13 @@ def smollm2(new_tokens: int = 128) -> dict:
     threads = torch.get_num_threads()
     held_out = (data_dir() / "tinyshakespeare" / "input.txt").read_text()[-6000:]  # text none of the prompts use
     long_text = "The lighthouse keeper counted the waves. " * 600
-    modes, float_logits = {}, None
-    tokenizer = tk.load("smollm2", device="cpu").tokenizer
-    prompt = tokenizer.encode("<|im_start|>user\nTell me a long story about a lighthouse keeper.<|im_end|>\n"
-                              "<|im_start|>assistant\n").ids
-    loaded = {}
+    modes, float_logits, best, best_model = {}, None, None, None
     for mode in ("none", "int8", "gguf", "gguf+compile"):
         quantize = mode.removesuffix("+compile")
         model = tk.load("smollm2", device="cpu", quantize=None if quantize == "none" else quantize)
+        tokenizer = model.tokenizer
+        prompt = tokenizer.encode("<|im_start|>user\nTell me a long story about a lighthouse keeper.<|im_end|>\n"
+                                  "<|im_start|>assistant\n").ids
         compiled = mode.endswith("+compile")
         if compiled:
             compile_blocks(model)  # what `generate --compile` does: the first call compiles (timed below)
@@ -255,13 +254,13 @@ def smollm2(new_tokens: int = 128) -> dict:
                 str(n): decode_rate(model, long_prompt[:n], 32) for n in (100, 1000, 4000)}
         print(f"  ours, quantize={mode}: {modes[mode]['decode_tokens_per_second']:.1f} tokens/s, "
               f"perplexity {modes[mode]['perplexity']:.3f}", flush=True)
-        loaded[mode] = model
-    best = max(modes, key=lambda m: modes[m]["decode_tokens_per_second"])
-    model = loaded.pop(best)
-    loaded.clear()
-    rounds = side_by_side(model, path, prompt, long_prompt[:500], new_tokens, threads)
+        if best is None or modes[mode]["decode_tokens_per_second"] > modes[best]["decode_tokens_per_second"]:
+            best, best_model = mode, model  # kept for the rounds against the references
+        del model
+    rounds = side_by_side(best_model, path, prompt, long_prompt[:500], new_tokens, threads)
     float_bytes, bandwidth = modes["none"]["weight_bytes"], copy_bandwidth()
-    median = {key: statistics.median(r[key] for r in rounds) for key in rounds[0] if key.endswith("per_second")}
+    every_round = set.intersection(*(set(r) for r in rounds))  # llama.cpp may fail in one round: then left out
+    median = {key: statistics.median(r[key] for r in rounds) for key in every_round if key.endswith("per_second")}
     return {"smollm2_decode_tokens_per_second": median["decode_tokens_per_second"], "smollm2_quantize": best,
             "smollm2_threads": threads, "smollm2_weight_bytes": modes[best]["weight_bytes"],
             "smollm2_file_bytes": path.stat().st_size, "smollm2_modes": modes,

@@ -115,7 +115,7 @@ def evaluate_model(name: str, run: Path, device: str) -> dict[str, Any]:
     return {"model": name, "parameters": sum(p.numel() for p in model.parameters()),
             "train_seconds": summary["train_seconds"], "train_tokens_per_second": summary["tokens_per_second"],
             "precision": summary["precision"], "planned_steps": summary["planned_steps"],
-            "final_lr": summary.get("final_lr"),  # runs finished before it was recorded have none
+            "final_lr": summary.get("final_lr"), "machine": summary.get("machine"),  # none in older runs
             "val_loss": evals[-1]["val_loss"] if evals else None,
             "bleu_tokenized_greedy": greedy["bleu_tokenized"], "bleu_tokenized_beam": beam["bleu_tokenized"],
             "sacrebleu_greedy": greedy["sacrebleu"], "sacrebleu_beam": beam["sacrebleu"]}

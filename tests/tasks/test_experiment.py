@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from transformerkit import runtime
 from transformerkit.cli import main
 from transformerkit.experiment import MODELS, _set_budget
 from transformerkit.recipes import load_recipe
@@ -23,12 +24,13 @@ def test_a_budgeted_experiment_writes_every_file_anneals_every_model_inside_its_
     for r in results:
         assert {"parameters", "train_seconds", "bleu_tokenized_greedy", "bleu_tokenized_beam",
                 "sacrebleu_beam", "precision"} <= set(r)
+        assert r["machine"] == runtime.describe_machine()  # each row names the machine its model trained on
         records = [json.loads(line) for line in (out / r["model"] / "metrics.jsonl").read_text().splitlines()]
-        min_lr = json.loads((out / r["model"] / "recipe.json").read_text())["training"]["min_lr"]
+        training = json.loads((out / r["model"] / "recipe.json").read_text())["training"]
         assert records[-1]["summary"]["finished"] == "budget", r["model"]  # the plan's end, not the hard stop
-        assert r["train_seconds"] <= 60 * budget, r["model"]
-        peak = json.loads((out / r["model"] / "recipe.json").read_text())["training"]["lr"]
-        assert (r["final_lr"] - min_lr) / (peak - min_lr) < 0.02, r["model"]  # the cosine ran (nearly) to its end
+        assert r["train_seconds"] <= 60 * budget * 1.05, r["model"]  # with its last evaluation, timed under load
+        floor, peak = training["min_lr"], training["lr"]
+        assert (r["final_lr"] - floor) / (peak - floor) < 0.02, r["model"]  # the cosine ran (nearly) to its end
     for name in ("results.md", "bleu_vs_time.png", "attention.png"):
         assert (out / name).stat().st_size > 0
     assert max((out / name).stat().st_size for name in ("bleu_vs_time.png", "attention.png")) < 1_000_000

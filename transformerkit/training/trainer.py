@@ -493,12 +493,14 @@ class Trainer:
         whole = self.whole.at(p.step)
         if c.average_last and p.snapshots and self.place.is_main:
             self._average(whole)
+        self._tick()  # train_seconds counts the last evaluation, save and averaging: all inside a budget's plan
         planned = p.plan["planned_steps"] if p.plan else c.max_steps
         summary = {"finished": reason, "step": p.step, "epoch": p.epoch, "tokens": p.tokens,
                    "train_seconds": p.elapsed, "tokens_per_second": p.tokens / max(p.elapsed, 1e-9),
                    "best": p.best, "select": self.select, "precision": self.precision.name,
                    "planned_steps": planned, "budget_minutes": c.budget_minutes,
-                   "final_lr": self.lr_at(p.step)}  # the last step's rate: annealed, or cut short
+                   "final_lr": self.lr_at(p.step),  # the last step's rate: annealed, or cut short
+                   "machine": runtime.describe_machine()}  # where it finished: run folders travel
         warnings = self._failure_warnings(reason, planned, summary["tokens_per_second"])
         summary["learned"] = not warnings
         self._log({"summary": summary})
