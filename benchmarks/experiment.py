@@ -13,10 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
 from common import RESULTS, machine, print_table
 
+from transformerkit.errors import Interrupted, TransformerkitError
 from transformerkit.experiment import run_experiment
 from transformerkit.runtime import keep_freed_memory
 
@@ -31,7 +33,12 @@ def main() -> None:
     args = parser.parse_args()
     keep_freed_memory()
     out = Path(args.out or f"runs/experiment-{args.direction}")
-    results = run_experiment(out, args.direction, args.budget_minutes)
+    try:
+        results = run_experiment(out, args.direction, args.budget_minutes)
+    except Interrupted as interrupted:  # the model in training saved its run: the same command resumes it
+        sys.exit(f"experiment: {interrupted}")
+    except TransformerkitError as error:
+        sys.exit(f"experiment: error: {error}")
     for row in results:
         row["anchor_bleu_tokenized_greedy"] = ANCHORS.get(row["model"])
         row["machine"] = row["machine"] or machine()  # the machine each model trained on, when its run says

@@ -284,6 +284,13 @@ class RNNConfig(Config):
     dropout: float = 0.5
     # training: the chance of feeding the true previous token rather than the model's own prediction
     teacher_forcing: float = 1.0
+    # feed the source backwards (Sutskever et al., 2014): its first words then end next to the first target
+    # words, which a decoder without attention learns from much sooner
+    reverse_source: bool = False
+    # a deep output (Cho et al., 2014; Bahdanau et al., 2015): the decoder's features pass a maxout layer of
+    # this width before the output layer, which is then this narrow, not the features' full width;
+    # None: the features feed the output layer directly
+    maxout_size: int | None = None
     # source and target share one embedding table (one joint vocabulary)
     share_embeddings: bool = False
     # longest output a decoder produces (decoding also stops at a * source length + b)
@@ -297,6 +304,9 @@ class RNNConfig(Config):
             require(self, name, getattr(self, name) >= 1, "a positive integer")
         for name in ("dropout", "teacher_forcing"):
             require(self, name, 0.0 <= getattr(self, name) <= 1.0, "in [0, 1]")
+        require(self, "reverse_source", not (self.reverse_source and self.attention),
+                "False with attention (a bidirectional encoder reads the source both ways already)")
+        require(self, "maxout_size", self.maxout_size is None or self.maxout_size >= 1, "a positive integer or None")
         require(self, "share_embeddings",
                  not self.share_embeddings or self.target_vocab_size in (None, self.vocab_size),
                  "False when the target vocabulary differs")

@@ -9,7 +9,10 @@ from transformerkit.models import RNNConfig, RNNSeq2Seq
 from transformerkit.tasks.translation import TranslationLoss
 
 VARIANTS = {"lstm": dict(cell="lstm"), "gru": dict(cell="gru"), "lstm_attention": dict(cell="lstm", attention=True),
-            "gru_attention": dict(cell="gru", attention=True)}
+            "gru_attention": dict(cell="gru", attention=True),
+            "lstm_reversed": dict(cell="lstm", reverse_source=True),  # Sutskever et al.
+            "gru_maxout": dict(cell="gru", maxout_size=8),  # Cho et al.
+            "gru_attention_maxout": dict(cell="gru", attention=True, maxout_size=8)}  # Bahdanau et al.
 
 
 def tiny(name, **changes):
@@ -84,11 +87,37 @@ def test_attention_weights_sum_to_one_and_skip_padding(name):
     assert (weights[~b.source_mask[:, None, :].expand_as(weights)] == 0).all()
 
 
-def test_padding_does_not_change_a_sentence():
-    model = tiny("gru_attention").eval()
+@pytest.mark.parametrize("name", VARIANTS)
+def test_padding_does_not_change_a_sentence(name):
+    model = tiny(name).eval()
     b = batch(model)
     alone = model(b.source[3:4, :3], b.target_in[3:4, :3], b.source_mask[3:4, :3])
     torch.testing.assert_close(model(b.source, b.target_in, b.source_mask)[3:4, :3], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_a_reversed_source_reads_each_sentence_backwards_and_leaves_its_padding():
+    """reverse_source on a padded batch gives what the same model gives on the sentences reversed by hand."""
+    model = tiny("lstm_reversed").eval()
+    plain = tiny("lstm").eval()
+    plain.load_state_dict(model.state_dict())
+    b = batch(model)
+    by_hand = b.source.clone()
+    for row, n in enumerate(b.source_mask.sum(dim=1).tolist()):
+        by_hand[row, :n] = b.source[row, :n].flip(0)
+    torch.testing.assert_close(model(b.source, b.target_in, b.source_mask),
+                               plain(by_hand, b.target_in, b.source_mask), atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(model(b.source, b.target_in, b.source_mask),
+                              plain(b.source, b.target_in, b.source_mask))
+
+
+def test_maxout_keeps_the_larger_of_each_pair_and_narrows_the_output_layer():
+    model = tiny("gru_maxout").eval()
+    assert model.output_layer().in_features == 8
+    features = torch.randn(2, 3, model.maxout.in_features)
+    pairs_ = model.maxout(features).reshape(2, 3, 8, 2)
+    expected = torch.maximum(pairs_[..., 0], pairs_[..., 1])
+    outputs, context, embedded = features.split([32, 32, 16], dim=-1)
+    torch.testing.assert_close(model._features(outputs, context, embedded), expected)
 
 
 def test_teacher_forcing_ratio_feeds_predictions_in_training():
@@ -107,6 +136,10 @@ def test_config_validation():
         RNNConfig(teacher_forcing=1.5)
     with pytest.raises(ConfigError, match="unknown RNN field 'hidden'"):
         RNNConfig.from_dict({"hidden": 3})
+    with pytest.raises(ConfigError, match="reverse_source: True is not allowed"):
+        RNNConfig(attention=True, reverse_source=True)
+    with pytest.raises(ConfigError, match="maxout_size: 0 is not allowed"):
+        RNNConfig(maxout_size=0)
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -118,7 +151,7 @@ def test_the_written_out_cell_equals_torchs_recurrent_layer_step_by_step(name):
     with torch.no_grad():
         fast_state = model.encode(b.source, b.source_mask)
         weights = model._layer_weights()
-        x_gates = model.target_embed(b.target_in) @ weights[0][0][:, :16].t() + weights[0][2]
+        x_gates = model.target_embed(b.target_in) @ weights[0].embed.t() + weights[0].bias_ih
         reference_state = model.encode(b.source, b.source_mask)
         for t in range(b.target_in.shape[1]):
             context = model._context(fast_state)

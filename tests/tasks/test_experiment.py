@@ -6,6 +6,8 @@ import pytest
 
 from transformerkit import runtime
 from transformerkit.cli import main
+from transformerkit.data.datasets import multi30k
+from transformerkit.data.tokenizers import train_bpe
 from transformerkit.experiment import MODELS, _set_budget
 from transformerkit.recipes import load_recipe
 
@@ -17,6 +19,9 @@ SMALL = ["--set", "data.batch_tokens=4000", "--set", "data.val_sentences=8",
 def test_a_budgeted_experiment_writes_every_file_anneals_every_model_inside_its_budget_and_resumes(
         data_env, tmp_path):
     out, budget = tmp_path / "experiment", 0.2  # minutes per model: a few dozen small steps, so the plan is fine
+    out.mkdir()  # a 1,000-word vocabulary (the experiment keeps a tokenizer it finds): at 8,000 the output layer
+    train = multi30k("train", "de", "en")  # made each step ~2 s here, too few steps for the schedule to end cleanly
+    train_bpe(train.sources[:2000] + train.targets[:2000], 1000).save(str(out / "tokenizer.json"))
     assert main(["experiment", "multi30k", "--direction", "de-en", "--budget-minutes", str(budget),
                  "--out", str(out), "--device", "cpu", *SMALL, "--set", "data.batch_tokens=1000"]) == 0
     results = json.loads((out / "results.json").read_text())

@@ -1,11 +1,14 @@
 """The recurrent sequence-to-sequence models the Transformer replaced.
 
 - LSTM encoder-decoder (Sutskever et al., 2014): the encoder's final hidden and cell states are the
-  decoder's initial states; the whole source must squeeze through them.
+  decoder's initial states; the whole source must squeeze through them. Fed backwards (`reverse_source`), as
+  the paper does, the source's first words sit next to the target's first, a short path to learn first.
 - GRU encoder-decoder (Cho et al., 2014): the encoder's final state is a context vector fed to every
   decoder step and to the output layer, so the decoder need not carry it alone.
 - With attention (Bahdanau et al., 2015): a bidirectional encoder keeps one state per source token, and at
   every step the decoder scores them all (additive attention), reading their weighted sum.
+- Cho et al. and Bahdanau et al. read the output through a maxout layer (`maxout_size`), which also makes the
+  output layer, the largest matmul of each step, several times narrower.
 
 They speak the Transformer's decoding interface (models/interface.py) and its training contract
 (`hidden_states` + `output_layer`), so the same trainer, greedy and beam search, and evaluation serve both.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +44,16 @@ class AdditiveAttention(nn.Module):
         scores = self.v(torch.tanh(self.query(query)[:, None] + projected_keys)).squeeze(-1)  # (B, S)
         weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)  # padding gets exactly zero
         return (weights[:, :, None] * keys).sum(dim=1), weights
+
+
+class StepWeights(NamedTuple):
+    """One decoder layer's weights as a written-out step uses them (G gates: 4H for the LSTM, 3H for the GRU)."""
+
+    embed: Tensor | None  # layer 0: the token embeddings' share of the input weights (G, E)
+    step: Tensor  # what multiplies a step's input: (context or layer below, G); the LSTM's state rows joined below
+    state: Tensor | None  # GRU: the state's weights (H, G), kept apart (see _cell_steps)
+    bias_ih: Tensor
+    bias_hh: Tensor
 
 
 @dataclass
@@ -84,8 +98,11 @@ class RNNSeq2Seq(nn.Module):
         self.decoder = rnn(E + context, H, L, batch_first=True, dropout=between)
         self.dropout = Dropout(c.dropout)
         self.between = Dropout(between)  # between stacked decoder layers, where nn.LSTM's own dropout would be
-        self.features = H + context + (E if context else 0)  # what the output layer reads
-        self.lm_head = nn.Linear(self.features, c.output_vocab_size)
+        features = H + context + (E if context else 0)  # the decoder state, and the context and input token
+        # Bahdanau et al.'s deep output: pairs of units, the larger of each kept, so the output layer (the
+        # costliest matmul of a step) reads maxout_size values, not all the features
+        self.maxout = nn.Linear(features, 2 * c.maxout_size) if c.maxout_size else None
+        self.lm_head = nn.Linear(c.maxout_size or features, c.output_vocab_size)
         self.source_tokenizer = self.target_tokenizer = None
 
     # ------------------------------------------------------------------------------------------ encoding
@@ -95,6 +112,10 @@ class RNNSeq2Seq(nn.Module):
         c = self.config
         mask = source_mask if source_mask is not None else torch.ones_like(source_ids, dtype=torch.bool)
         lengths = mask.sum(dim=1).cpu()
+        if c.reverse_source:  # each row's real tokens backwards; its padding stays at the end
+            positions = torch.arange(source_ids.shape[1], device=source_ids.device)  # (S,)
+            ends = mask.sum(dim=1, keepdim=True)  # (B, 1)
+            source_ids = source_ids.gather(1, torch.where(positions < ends, ends - 1 - positions, positions))
         packed = nn.utils.rnn.pack_padded_sequence(self.dropout(self.source_embed(source_ids)), lengths,
                                                    batch_first=True, enforce_sorted=False)
         outputs, final = self.encoder(packed)
@@ -117,7 +138,7 @@ class RNNSeq2Seq(nn.Module):
         Without attention and with every true token fed, nothing changes from step to step but the recurrence
         itself: nn.LSTM / nn.GRU run the whole sequence. Otherwise each step reads a context that depends on
         the state (attention), or the model's own last guess (scheduled sampling), and the cell is written
-        out (see _cell) so that a step costs one matmul per layer: the embeddings' share of layer 0's gates
+        out (see _cell_steps) so that a step costs one matmul per layer: the embeddings' share of layer 0's gates
         is computed for all steps at once, and the context and the previous state share one matmul.
         """
         embedded = self.dropout(self.target_embed(target_ids))  # (B, T, E)
@@ -128,13 +149,14 @@ class RNNSeq2Seq(nn.Module):
             state.length += T
             return self._features(outputs, context, embedded)
         weights = self._layer_weights()
-        x_gates = embedded @ weights[0][0][:, :E].t() + weights[0][2]  # (B, T, G): the embeddings' share, once
+        embed_share = weights[0].embed.t()  # (E, G)
+        x_gates = torch.addmm(weights[0].bias_ih, embedded.reshape(B * T, E), embed_share).view(B, T, -1)  # once
         inputs, contexts, outputs = list(embedded.unbind(1)), [], []  # per step: (B, E), (B, C), (B, H)
         for t in range(T):
             if teacher is not None and t > 0 and not teacher[t]:  # scheduled sampling: the model's own guess
                 guess = self.lm_head(self._features(outputs[-1], contexts[-1], inputs[t - 1])).argmax(dim=-1)
                 inputs[t] = self.dropout(self.target_embed(guess))  # (B, E)
-                x_t = inputs[t] @ weights[0][0][:, :E].t() + weights[0][2]
+                x_t = torch.addmm(weights[0].bias_ih, inputs[t], embed_share)
             else:
                 x_t = x_gates[:, t]
             contexts.append(self._context(state))
@@ -151,34 +173,40 @@ class RNNSeq2Seq(nn.Module):
             state.attention_weights.append(weights.detach())
         return context
 
-    def _layer_weights(self) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
-        """Per decoder layer: (input weights (G, in), recurrent weights (G, H), input bias, recurrent bias), from
-        nn.LSTM / nn.GRU's own parameters (gates in their order: i f g o, or r z n)."""
-        d = self.decoder
-        return [(getattr(d, f"weight_ih_l{k}"), getattr(d, f"weight_hh_l{k}"), getattr(d, f"bias_ih_l{k}"),
-                 getattr(d, f"bias_hh_l{k}")) for k in range(self.config.n_layers)]
+    def _layer_weights(self) -> list[StepWeights]:
+        """Per decoder layer, nn.LSTM / nn.GRU's own parameters (gates in their order: i f g o, or r z n) cut and
+        joined once per forward pass. Cut or joined inside the step loop, a weight would be copied at every
+        step, and in backward its gradient zero-filled and copied back at every step too (a fifth of a
+        training step, measured with the profiler)."""
+        d, E, lstm = self.decoder, self.config.embedding_dim, self.config.cell == "lstm"
+        layers = []
+        for k in range(self.config.n_layers):
+            w_ih, w_hh = getattr(d, f"weight_ih_l{k}"), getattr(d, f"weight_hh_l{k}")  # (G, in), (G, H)
+            embed, w_x = (w_ih[:, :E], w_ih[:, E:]) if k == 0 else (None, w_ih)  # layer 0: token | context
+            layers.append(StepWeights(embed, torch.cat([w_x, w_hh], dim=1).t() if lstm else w_x.t(),
+                                      None if lstm else w_hh.t(), getattr(d, f"bias_ih_l{k}"),
+                                      getattr(d, f"bias_hh_l{k}")))
+        return layers
 
-    def _cell_steps(self, x_gates: Tensor, context: Tensor, state: RNNState,
-                    weights: list[tuple[Tensor, Tensor, Tensor, Tensor]]) -> Tensor:
+    def _cell_steps(self, x_gates: Tensor, context: Tensor, state: RNNState, weights: list[StepWeights]) -> Tensor:
         """One step through every layer: layer 0 reads its token's gates (x_gates, biased) and the context, the
         others the layer below (with dropout between layers, as nn.LSTM has); returns the top layer's output
         (B, H) and updates the state."""
-        E, H = self.config.embedding_dim, self.config.hidden_size
+        H = self.config.hidden_size
         hidden, cell = list(state.hidden.unbind(0)), list(state.cell.unbind(0)) if state.cell is not None else None
         below = context
-        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
-            w_x, start = (w_ih[:, E:], x_gates) if k == 0 else (w_ih, b_ih)
+        for k, w in enumerate(weights):
+            start = x_gates if k == 0 else w.bias_ih
             if k > 0:
                 below = self.between(below)
             if cell is not None:  # LSTM: the input's and the state's shares in one matmul
-                gates = torch.addmm(start + b_hh, torch.cat([below, hidden[k]], dim=-1),
-                                    torch.cat([w_x, w_hh], dim=1).t())
+                gates = torch.addmm(start + w.bias_hh, torch.cat([below, hidden[k]], dim=-1), w.step)
                 i, f, g, o = gates.chunk(4, dim=-1)
                 cell[k] = torch.sigmoid(f) * cell[k] + torch.sigmoid(i) * torch.tanh(g)
                 hidden[k] = torch.sigmoid(o) * torch.tanh(cell[k])
             else:  # GRU: the state's share of the new-gate is reset by r, so it stays apart
-                gi = torch.addmm(start, below, w_x.t()) if below.shape[-1] else start.expand(-1, 3 * H)
-                gh = torch.addmm(b_hh, hidden[k], w_hh.t())
+                gi = torch.addmm(start, below, w.step) if below.shape[-1] else start.expand(-1, 3 * H)
+                gh = torch.addmm(w.bias_hh, hidden[k], w.state)
                 r, z = torch.sigmoid(gi[:, :2 * H] + gh[:, :2 * H]).chunk(2, dim=-1)
                 n = torch.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
                 hidden[k] = (1 - z) * n + z * hidden[k]
@@ -195,10 +223,13 @@ class RNNSeq2Seq(nn.Module):
         return outputs, hidden, None
 
     def _features(self, outputs: Tensor, context: Tensor, embedded: Tensor) -> Tensor:
-        """What the output layer reads: the decoder state, and (with a context) the context and the input token."""
-        if context.shape[-1] == 0:
-            return self.dropout(outputs)
-        return self.dropout(torch.cat([outputs, context, embedded], dim=-1))
+        """What the output layer reads: the decoder state, and (with a context) the context and the input token,
+        through the maxout layer when there is one."""
+        features = outputs if context.shape[-1] == 0 else torch.cat([outputs, context, embedded], dim=-1)
+        features = self.dropout(features)  # (B, T, F)
+        if self.maxout is None:
+            return features
+        return self.maxout(features).unflatten(-1, (-1, 2)).amax(dim=-1)  # (B, T, maxout_size)
 
     # ------------------------------------------------------------------------------------------ interfaces
 
