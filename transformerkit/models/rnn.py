@@ -175,9 +175,9 @@ class RNNSeq2Seq(nn.Module):
 
     def _layer_weights(self) -> list[StepWeights]:
         """Per decoder layer, nn.LSTM / nn.GRU's own parameters (gates in their order: i f g o, or r z n) cut and
-        joined once per forward pass. Cut or joined inside the step loop, a weight would be copied at every
-        step, and in backward its gradient zero-filled and copied back at every step too (a fifth of a
-        training step, measured with the profiler)."""
+        joined once per forward pass. Cut or joined inside the step loop, a weight is copied at every step, and
+        in backward its gradient zero-filled and copied back at every step too: the profiler put fill_ and
+        copy_ at 12% of a GRU+attention training step that way, 6% this way."""
         d, E, lstm = self.decoder, self.config.embedding_dim, self.config.cell == "lstm"
         layers = []
         for k in range(self.config.n_layers):
