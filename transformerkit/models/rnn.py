@@ -111,11 +111,11 @@ class RNNSeq2Seq(nn.Module):
         """Encode once: the decoder's initial state, and what it will read at every step."""
         c = self.config
         mask = source_mask if source_mask is not None else torch.ones_like(source_ids, dtype=torch.bool)
-        lengths = mask.sum(dim=1).cpu()
+        counts = mask.sum(dim=1)  # (B,) real tokens per row
         if c.reverse_source:  # each row's real tokens backwards; its padding stays at the end
-            positions = torch.arange(source_ids.shape[1], device=source_ids.device)  # (S,)
-            ends = mask.sum(dim=1, keepdim=True)  # (B, 1)
+            positions, ends = torch.arange(source_ids.shape[1], device=source_ids.device), counts[:, None]
             source_ids = source_ids.gather(1, torch.where(positions < ends, ends - 1 - positions, positions))
+        lengths = counts.cpu()
         packed = nn.utils.rnn.pack_padded_sequence(self.dropout(self.source_embed(source_ids)), lengths,
                                                    batch_first=True, enforce_sorted=False)
         outputs, final = self.encoder(packed)
