@@ -2,7 +2,7 @@ import random
 
 import torch
 
-from transformerkit.data.batching import bucket_by_tokens, pad, seq2seq_batch
+from transformerkit.data.batching import bucket_by_tokens, pad, seq2seq_batch, shuffled_groups
 
 
 def test_batches_respect_the_token_budget_and_cover_every_item_once():
@@ -25,6 +25,25 @@ def test_length_bucketing_keeps_padding_small():
     batches = bucket_by_tokens(lengths, 400, 1, 0)
     padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
     assert padded < 1.1 * sum(lengths)
+
+
+def test_fixed_size_batches_by_length_pad_little_and_still_change_from_epoch_to_epoch():
+    """In-batch negatives need full batches; sorted by length, they are mostly real tokens; the batches, their
+    order and which items share a batch are a function of (seed, epoch)."""
+    lengths = [random.Random(i).randint(2, 40) for i in range(1000)]
+    batches = shuffled_groups(1000, 64, seed=1, epoch=0, lengths=lengths)
+    assert len(batches) == 15 and all(len(b) == 64 for b in batches)
+    assert len({i for b in batches for i in b}) == 15 * 64  # each item at most once, 40 left out
+    left_out = set(range(1000)) - {i for b in batches for i in b}
+    assert min(lengths[i] for i in left_out) < 20  # at random, not the 40 longest
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    real = sum(lengths[i] for b in batches for i in b)
+    assert padded < 1.1 * real
+    random_batches = shuffled_groups(1000, 64, seed=1, epoch=0)
+    assert sum(max(lengths[i] for i in b) * len(b) for b in random_batches) > 1.5 * padded
+    assert batches == shuffled_groups(1000, 64, 1, 0, lengths)
+    assert {frozenset(b) for b in batches} != {frozenset(b) for b in shuffled_groups(1000, 64, 1, 1, lengths)}
+    assert [min(lengths[i] for i in b) for b in batches] != sorted(min(lengths[i] for i in b) for b in batches)
 
 
 def test_a_seq2seq_batch_shifts_the_target_and_builds_masks_once():

@@ -49,7 +49,8 @@ class DataTable(Config):
 
 class CaptionPairs:
     """Per epoch, each image gives one pair of its descriptions, drawn from (seed, epoch); images are shuffled
-    into batches, so the other rows of a batch are descriptions of other images."""
+    into batches of pairs of about the same length (the longer side's), so the other rows of a batch are
+    descriptions of other images, and little of it is padding."""
 
     def __init__(self, rows: list[list[list[int]]], batch_size: int, seed: int, pad_id: int):
         self.rows, self.batch_size, self.seed, self.pad_id = rows, batch_size, seed, pad_id  # rows[k][image]
@@ -57,7 +58,8 @@ class CaptionPairs:
     def batches(self, epoch: int) -> LazyEpoch:
         picks = random.Random(self.seed * 7919 + epoch)
         pairs = [picks.sample(range(len(self.rows)), 2) for _ in range(len(self.rows[0]))]
-        return LazyEpoch(shuffled_groups(len(pairs), self.batch_size, self.seed, epoch),
+        lengths = [max(len(self.rows[k][i]) for k in pair) for i, pair in enumerate(pairs)]
+        return LazyEpoch(shuffled_groups(len(pairs), self.batch_size, self.seed, epoch, lengths),
                          lambda index, group: PairBatch(*(sentence_batch([self.rows[pairs[i][side]][i] for i in group],
                                                                          torch.arange(len(group)), self.pad_id)
                                                           for side in (0, 1))))
