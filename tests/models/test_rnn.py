@@ -151,7 +151,7 @@ def test_the_written_out_cell_equals_torchs_recurrent_layer_step_by_step(name):
     with torch.no_grad():
         fast_state = model.encode(b.source, b.source_mask)
         weights = model._layer_weights()
-        x_gates = model.target_embed(b.target_in) @ weights[0].embed.t() + weights[0].bias_ih
+        x_gates = model.target_embed(b.target_in) @ weights[0].embed.t() + weights[0].bias
         reference_state = model.encode(b.source, b.source_mask)
         for t in range(b.target_in.shape[1]):
             context = model._context(fast_state)

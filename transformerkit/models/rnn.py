@@ -52,8 +52,8 @@ class StepWeights(NamedTuple):
     embed: Tensor | None  # layer 0: the token embeddings' share of the input weights (G, E)
     step: Tensor  # what multiplies a step's input: (context or layer below, G); the LSTM's state rows joined below
     state: Tensor | None  # GRU: the state's weights (H, G), kept apart (see _cell_steps)
-    bias_ih: Tensor
-    bias_hh: Tensor
+    bias: Tensor  # what a step's gates start from (G,): both biases for the LSTM, the input's for the GRU
+    bias_hh: Tensor | None  # GRU: the state's bias, which the reset gate scales with the state's share
 
 
 @dataclass
@@ -150,13 +150,13 @@ class RNNSeq2Seq(nn.Module):
             return self._features(outputs, context, embedded)
         weights = self._layer_weights()
         embed_share = weights[0].embed.t()  # (E, G)
-        x_gates = torch.addmm(weights[0].bias_ih, embedded.reshape(B * T, E), embed_share).view(B, T, -1)  # once
+        x_gates = torch.addmm(weights[0].bias, embedded.reshape(B * T, E), embed_share).view(B, T, -1)  # once
         inputs, contexts, outputs = list(embedded.unbind(1)), [], []  # per step: (B, E), (B, C), (B, H)
         for t in range(T):
             if teacher is not None and t > 0 and not teacher[t]:  # scheduled sampling: the model's own guess
                 guess = self.lm_head(self._features(outputs[-1], contexts[-1], inputs[t - 1])).argmax(dim=-1)
                 inputs[t] = self.dropout(self.target_embed(guess))  # (B, E)
-                x_t = torch.addmm(weights[0].bias_ih, inputs[t], embed_share)
+                x_t = torch.addmm(weights[0].bias, inputs[t], embed_share)
             else:
                 x_t = x_gates[:, t]
             contexts.append(self._context(state))
@@ -182,10 +182,12 @@ class RNNSeq2Seq(nn.Module):
         layers = []
         for k in range(self.config.n_layers):
             w_ih, w_hh = getattr(d, f"weight_ih_l{k}"), getattr(d, f"weight_hh_l{k}")  # (G, in), (G, H)
+            b_ih, b_hh = getattr(d, f"bias_ih_l{k}"), getattr(d, f"bias_hh_l{k}")  # (G,)
             embed, w_x = (w_ih[:, :E], w_ih[:, E:]) if k == 0 else (None, w_ih)  # layer 0: token | context
-            layers.append(StepWeights(embed, torch.cat([w_x, w_hh], dim=1).t() if lstm else w_x.t(),
-                                      None if lstm else w_hh.t(), getattr(d, f"bias_ih_l{k}"),
-                                      getattr(d, f"bias_hh_l{k}")))
+            if lstm:
+                layers.append(StepWeights(embed, torch.cat([w_x, w_hh], dim=1).t(), None, b_ih + b_hh, None))
+            else:
+                layers.append(StepWeights(embed, w_x.t(), w_hh.t(), b_ih, b_hh))
         return layers
 
     def _cell_steps(self, x_gates: Tensor, context: Tensor, state: RNNState, weights: list[StepWeights]) -> Tensor:
@@ -196,11 +198,11 @@ class RNNSeq2Seq(nn.Module):
         hidden, cell = list(state.hidden.unbind(0)), list(state.cell.unbind(0)) if state.cell is not None else None
         below = context
         for k, w in enumerate(weights):
-            start = x_gates if k == 0 else w.bias_ih
+            start = x_gates if k == 0 else w.bias
             if k > 0:
                 below = self.between(below)
             if cell is not None:  # LSTM: the input's and the state's shares in one matmul
-                gates = torch.addmm(start + w.bias_hh, torch.cat([below, hidden[k]], dim=-1), w.step)
+                gates = torch.addmm(start, torch.cat([below, hidden[k]], dim=-1), w.step)
                 i, f, g, o = gates.chunk(4, dim=-1)
                 cell[k] = torch.sigmoid(f) * cell[k] + torch.sigmoid(i) * torch.tanh(g)
                 hidden[k] = torch.sigmoid(o) * torch.tanh(cell[k])
