@@ -37,11 +37,11 @@ def test_a_budget_plan_fits_steps_and_evaluations_in_the_time_left():
     def cost(total):  # steps, and evaluations every 100 steps and at the end
         return (total - 30) * 0.5 + (total // 100 + 1) * 10
 
-    assert cost(n) <= 0.98 * 600 - 30 < cost(n + 1)
+    assert cost(n) <= 0.98 * 600 - 30 - 0.5 < cost(n + 1)  # a step's time kept in reserve
     spread = plan_budget(budget_seconds=120, elapsed=10, step=20, step_seconds=0.5, eval_seconds=2, evaluations=4,
                          eval_every=0, snapshot_every=10, averaged=True, max_steps=None)
     assert spread % 10 == 0  # it ends on a snapshot, so the averaged ones are the last
-    assert (spread - 20) * 0.5 + (4 + 1) * 2 <= 0.98 * 120 - 10
+    assert (spread - 20) * 0.5 + (4 + 1) * 2 <= 0.98 * 120 - 10 - 0.5
     assert plan_budget(budget_seconds=600, elapsed=30, step=30, step_seconds=0.5, eval_seconds=10, evaluations=0,
                        eval_every=100, snapshot_every=0, averaged=False, max_steps=200) == 200
 
@@ -57,6 +57,18 @@ def test_a_re_planned_cosine_continues_without_a_jump_and_ends_at_the_floor():
         assert replanned(401) == pytest.approx(first(400), rel=0.01)
         assert replanned(end) == pytest.approx(1e-5)
     assert longer(1000) > first(1000) and shorter(650) < first(650)
+
+
+def test_a_re_plan_with_no_time_left_still_takes_the_decay_to_its_floor():
+    from transformerkit.training.schedules import cosine, replanned
+
+    plan = {"planned_steps": 10, "warmup_steps": 2, "anchor": [8, 0.68], "evaluations": [4, 8]}
+    short = replanned(plan, 9, 9)  # the step just made used up the time: no step fits any more
+    assert short["planned_steps"] == 10 and short["evaluations"] == [4, 8]
+    assert cosine(1e-3, 2, 10, 1e-5, short["anchor"])(10) == pytest.approx(1e-5)  # the last step at the floor
+    assert replanned(plan, 9, 14)["planned_steps"] == 14  # more time: more steps, as before
+    done = {**plan, "planned_steps": 9}
+    assert replanned(done, 9, 9)["planned_steps"] == 9  # a plan already at its end is not stretched
 
 
 def test_a_replan_that_moves_the_evaluation_points_does_not_evaluate_twice_in_a_row():

@@ -44,6 +44,18 @@ def cosine_progress(warmup: int, total: int, step: int, anchor: tuple[int, float
     return min(1.0, done + (1 - done) * max(0, step - start) / max(1, total - start))
 
 
+def replanned(plan: dict, step: int, total: int) -> dict:
+    """A budgeted plan re-sized at `step` to `total` steps, its cosine continued from where it is (the anchor).
+
+    A decay under way always keeps at least one more step, the one at its floor: when the time left turns out
+    a little short, ending one step late beats ending with the rate frozen part-way down its cosine."""
+    if plan["planned_steps"] > step:
+        total = max(total, step + 1)
+    progress = cosine_progress(plan["warmup_steps"], plan["planned_steps"], step, plan["anchor"])
+    anchor = [step, progress] if step >= plan["warmup_steps"] else plan["anchor"]
+    return {**plan, "planned_steps": total, "anchor": anchor}
+
+
 def constant(peak: float, warmup: int) -> Callable[[int], float]:
     return lambda step: peak * min(1.0, step / warmup) if warmup else peak
 
@@ -82,7 +94,7 @@ def plan_budget(budget_seconds: float, elapsed: float, step: int, step_seconds: 
     or every `eval_every` steps and at the end; the averaged weights are evaluated once more. The plan
     ends on a snapshot, so the snapshots averaged are the last ones.
     """
-    left = 0.98 * budget_seconds - elapsed  # a little slack: steps vary
+    left = 0.98 * budget_seconds - elapsed - step_seconds  # slack: steps vary (a loaded machine's by a step or more)
 
     def cost(total: int) -> float:
         if evaluations:

@@ -27,7 +27,7 @@ from ..config import Config, require
 from ..errors import CheckpointError, ConfigError, DataError, Interrupted, TrainingError
 from . import distributed
 from .run_folder import RunFolder, seed_everything
-from .schedules import SCHEDULES, cosine_progress, make_schedule, next_evaluation, plan_budget
+from .schedules import SCHEDULES, make_schedule, next_evaluation, plan_budget, replanned
 
 PLAN_AFTER_STEPS = 30  # a budgeted run times this many steps (or 5% of its budget) before it fixes its plan
 
@@ -333,13 +333,11 @@ class Trainer:
         p = self.progress
         if self._timing_from is None:  # resumed right at an evaluation: nothing timed in this session yet
             return
-        old, total = p.plan, self._budget_total()
-        if total == old["planned_steps"]:
+        plan = replanned(p.plan, p.step, self._budget_total())
+        if plan["planned_steps"] == p.plan["planned_steps"]:
             return
-        progress = cosine_progress(old["warmup_steps"], old["planned_steps"], p.step, old["anchor"])
-        anchor = [p.step, progress] if p.step >= old["warmup_steps"] else old["anchor"]
-        p.plan = {**old, "planned_steps": total, "anchor": anchor}
-        self._plan_changed(f"re-planned: {total} steps fit in what is left of the budget")
+        p.plan = plan
+        self._plan_changed(f"re-planned: {plan['planned_steps']} steps fit in what is left of the budget")
 
     def _budget_total(self) -> int:
         """The plan's length from the speed measured in this session: steps, and evaluations apart."""
