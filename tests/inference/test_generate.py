@@ -132,17 +132,18 @@ def test_chat_reuses_the_cache_between_turns():
 
 def test_compiled_blocks_decode_as_eager():
     """compile_blocks: each step's logits equal the eager model's (float32) through a left-padded prompt batch
-    and twelve cached steps, and the blocks compile a handful of graphs, not one per position (dynamic shapes:
-    a graph per position would hit Dynamo's recompile limit and fall back to eager on long outputs)."""
+    and twelve cached steps, with three blocks in two compiled regions of unequal length, and the regions
+    compile a handful of graphs, not one per position (dynamic shapes: a graph per position would hit Dynamo's
+    recompile limit and fall back to eager on long outputs)."""
     from torch._dynamo.utils import counters
 
-    from transformerkit.nn.block import compile_blocks
+    from transformerkit.nn.block import TransformerStack, compile_blocks
     from transformerkit.runtime import compile_unavailable
 
     if reason := compile_unavailable():
         pytest.skip(f"torch.compile is unavailable here: {reason}")
     torch.manual_seed(0)
-    model = tk.build_model(tk.preset("llama-tiny", vocab_size=40, n_layers=2, dropout=0.0,
+    model = tk.build_model(tk.preset("llama-tiny", vocab_size=40, n_layers=3, dropout=0.0,
                                      attention_dropout=0.0)).eval()
 
     @torch.no_grad()
@@ -157,6 +158,8 @@ def test_compiled_blocks_decode_as_eager():
     eager = logits_per_step()
     torch._dynamo.reset()
     counters.clear()
-    assert compile_blocks(model) == 2
+    assert compile_blocks(model, per_region=2) == 3
+    stack = next(m for m in model.modules() if isinstance(m, TransformerStack))
+    assert [len(run.blocks) for run in stack.runs] == [2, 1]
     torch.testing.assert_close(logits_per_step(), eager, atol=1e-5, rtol=1e-5)
     assert 1 <= counters["stats"]["unique_graphs"] <= 4
