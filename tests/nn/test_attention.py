@@ -47,6 +47,14 @@ def test_fused_equals_written_out(kind, Hkv):
     torch.testing.assert_close(fused_attention(q, k, v, mask, is_causal), written, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("Hkv", [2, 1])
+def test_a_grouped_query_decoding_step_folded_into_its_key_value_heads_equals_written_out(Hkv):
+    q, k, v = qkv(Hkv=Hkv, Tq=1, Tk=6)  # one new position against a cache of 6, the second row left-padded
+    mask, is_causal = attention_mask(torch.tensor([[True] * 6, [False] * 2 + [True] * 4]), 1, 6, causal=True)
+    written, _ = scaled_dot_product_attention(q, k, v, mask, is_causal)
+    torch.testing.assert_close(fused_attention(q, k, v, mask, is_causal), written, atol=1e-6, rtol=1e-5)
+
+
 def test_the_module_runs_the_fused_kernel_where_chosen_and_it_gives_the_written_out_answer(monkeypatch):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
