@@ -78,9 +78,9 @@ class TransformerBlock(nn.Module):
 class BlockRun(nn.Module):
     """Consecutive blocks called one after another: the region compile_blocks compiles as one."""
 
-    def __init__(self, blocks: list[TransformerBlock] | nn.ModuleList):
+    def __init__(self, blocks: nn.ModuleList):
         super().__init__()
-        self.blocks = blocks if isinstance(blocks, nn.ModuleList) else nn.ModuleList(blocks)
+        self.blocks = blocks
 
     def forward(self, x: Tensor, context: Context, caches: list[KVCache | None],
                 memory_kv: list[tuple[Tensor, Tensor] | None]) -> Tensor:
@@ -173,9 +173,10 @@ def compile_blocks(model: nn.Module, per_region: int = BLOCKS_PER_REGION) -> int
     require_compile(next(model.parameters()).device.type)
     stacks = [m for m in model.modules() if isinstance(m, TransformerStack)]
     for stack in stacks:
-        blocks, n_regions = list(stack.layers), -(-len(stack.layers) // per_region)
-        bounds = [round(i * len(blocks) / n_regions) for i in range(n_regions + 1)]  # lengths differ by 1 at most
-        stack.runs = [BlockRun(blocks[a:b]) for a, b in zip(bounds, bounds[1:])]
+        n = len(stack.layers)
+        n_regions = -(-n // per_region)
+        bounds = [round(i * n / n_regions) for i in range(n_regions + 1)]  # lengths differ by 1 at most
+        stack.runs = [BlockRun(stack.layers[a:b]) for a, b in zip(bounds, bounds[1:])]  # slices: the same blocks
         for run in stack.runs:
             run.compile(dynamic=True)
     return sum(len(stack.layers) for stack in stacks)
