@@ -46,7 +46,8 @@ TINY_SET = ["--set", "model.preset=transformer-tiny", "--set", "model.d_model=32
             "--set", "model.n_layers=1", "--set", "model.n_heads=2", "--set", "tokenizer.vocab_size=300",
             "--set", "data.batch_tokens=600", "--set", "training.max_steps=150", "--set", "training.eval_every=75",
             "--set", "training.snapshot_every=25", "--set", "training.average_last=2", "--set", "training.lr=5e-3",
-            "--set", "training.warmup_steps=10"]
+            "--set", "training.warmup_steps=10", "--set", "training.budget_minutes=0",
+            "--set", "training.schedule=inverse_sqrt"]  # by steps, not by the recipe's time budget
 
 
 run_cli = run_main  # in-process; test_the_installed_command_... runs the real `python -m transformerkit`

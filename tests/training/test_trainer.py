@@ -16,7 +16,8 @@ from transformerkit.training.trainer import Interrupted, TrainingError
 TINY = ["model.preset=transformer-tiny", "model.d_model=32", "model.d_ff=64", "model.n_layers=1",
         "model.n_heads=2", "tokenizer.vocab_size=300", "data.batch_tokens=600", "training.warmup_steps=5",
         "training.lr=3e-3", "training.log_every=1", "training.max_minutes=10",
-        "training.snapshot_every=0", "training.average_last=0"]
+        "training.snapshot_every=0", "training.average_last=0", "training.budget_minutes=0",
+        "training.schedule=inverse_sqrt"]
 
 
 def tiny_recipe(*changes):
