@@ -1,5 +1,8 @@
 """What the machine decides: precision (with the probe's answer injected), threads."""
 
+import resource
+import sys
+
 import pytest
 import torch
 
@@ -92,3 +95,19 @@ def test_compiling_without_a_cpp_compiler_is_one_clear_error(monkeypatch):
     model = tk.build_model(tk.preset("gpt-tiny", vocab_size=40))
     with pytest.raises(ConfigError, match="C\\+\\+ compiler"):
         compile_blocks(model)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
+def test_a_freed_block_larger_than_the_mmap_limit_is_reused_without_page_faults():
+    """Attention's scores at the shakespeare-char size are 100 MB: larger than any mmap threshold glibc
+    allows, so only turning mmap off keeps them for the next step."""
+    runtime.keep_freed_memory()
+    size = 64 * 2**20 // 4  # 64 MB of float32: over glibc's 32 MB ceiling for the mmap threshold
+
+    def faults_of_one_step() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        torch.empty(size).fill_(1.0)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    faults_of_one_step()  # the first time the heap grows and its pages are touched
+    assert faults_of_one_step() < 1000  # a fresh mmap faults every one of its 16,384 pages in again
