@@ -81,6 +81,18 @@ def test_the_cpu_crossover_writes_attention_out_for_short_sequences_only():
     assert attention_module._written_out_is_faster(short.bfloat16(), torch.randn(1, 4, 200, 8).bfloat16())
 
 
+@torch.no_grad()
+def test_a_decoding_step_writes_attention_out_only_in_bfloat16_with_many_keys_and_one_head_per_query():
+    def faster(batch: int, keys: int, dtype=torch.bfloat16, kv_heads: int = 4) -> bool:
+        q, k = torch.randn(batch, 4, 1, 8, dtype=dtype), torch.randn(batch, kv_heads, keys, 8, dtype=dtype)
+        return attention_module._written_out_is_faster(q, k)
+
+    assert not faster(1, 20, torch.float32)  # float32: fused at every length, short ones included
+    assert not faster(8, 2000, torch.float32)
+    assert not faster(1, 128) and faster(1, 512) and faster(8, 32)  # bfloat16: batch x keys from 256 on
+    assert not faster(8, 2000, kv_heads=2)  # grouped-query: the folded fused kernel
+
+
 def test_weights_sum_to_one_and_are_zero_where_masked():
     q, k, v = qkv(Tq=4, Tk=6)
     key_mask = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])
