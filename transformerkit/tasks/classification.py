@@ -117,6 +117,7 @@ def accuracy_by_label(model: nn.Module, data: LabelledData, names: list[str], de
 
 
 def make_evaluator(val: LabelledData, names: list[str], device) -> Callable[[nn.Module], dict[str, float]]:
+    @torch.no_grad()
     def evaluate(model: nn.Module) -> dict[str, float]:
         return {f"val_{k}": v for k, v in accuracy_by_label(model, val, names, device).items()}
 

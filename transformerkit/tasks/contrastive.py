@@ -106,6 +106,7 @@ def prepare(recipe: dict[str, Any], run_dir: Path, resume: bool = False, init: n
 def make_evaluator(val: list[list[str]]) -> Callable[[nn.Module], dict[str, float]]:
     """Caption retrieval on held-out images: description 1 finds the same image's description 2."""
 
+    @torch.no_grad()
     def evaluate(model: nn.Module) -> dict[str, float]:
         queries, candidates = model.embed(val[0]), model.embed(val[1])
         return {f"val_{k}": v for k, v in retrieval_scores(queries, candidates).items()}

@@ -184,6 +184,7 @@ def make_evaluator(val: WindowData, sample: SampleTable, device) -> Callable[[nn
     loss_fn = LanguageModelLoss()
     batches = [val.batch(0, i) for i in range(val.batches_per_epoch)]  # the same windows at every evaluation
 
+    @torch.no_grad()
     def evaluate(model: nn.Module) -> dict[str, float]:
         from ..inference.generate import generate
 

@@ -146,6 +146,7 @@ def make_evaluator(val: MaskedData, device) -> Callable[[nn.Module], dict[str, f
     """Loss and accuracy of restoring the masked tokens of held-out sentences (the same masks every time)."""
     batches = list(val.batches(0))
 
+    @torch.no_grad()
     def evaluate(model: nn.Module) -> dict[str, float]:
         total, correct, count = 0.0, 0, 0
         for batch in batches:

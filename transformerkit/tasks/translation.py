@@ -191,6 +191,7 @@ def make_evaluator(sources: list[str], references: list[str], batch_tokens: int,
     """Validation loss and perplexity (teacher forcing, no smoothing) and BLEU of greedy translations."""
     loss = TranslationLoss(label_smoothing=0.0)
 
+    @torch.no_grad()
     def evaluate(model: nn.Module) -> dict[str, float]:
         c = model.config
         src, tgt = encode(model.source_tokenizer, sources), encode(model.target_tokenizer, references)
