@@ -1,13 +1,17 @@
 """Decoding throughput: ours against transformers' generate on the same weights, forced to the same length.
 
     python benchmarks/bench_decode.py [--sizes shakespeare-char,multi30k-de-en,gpt2-small] [--dtypes fp32,bf16]
+                                      [--run RUN]
 
 Each pair is our model and the transformers model that `transformerkit export --to hf` writes from it (so
 the weights are the same): GPT2LMHeadModel for the decoders, MarianMTModel for the translation model.
 Greedy and sampling (temperature 1, no top-k) at batch 1 and 8, and beam 5 at batch 1, every output forced to
-the same number of new tokens (min = max) so the work is equal. Each row also gives the memory-bandwidth
-ceiling: a decoding step reads every weight once, so no implementation beats batch x (copy rate / weight
-bytes) tokens/s. Writes benchmarks/results/bench_decode.json (-cuda on a GPU).
+the same number of new tokens (min = max) so the work is equal. The translation model is the multi30k-de-en
+recipe's size with fresh weights, post-norm (MarianMT has no pre-norm layout; the cost of a step is the
+same), or RUN's trained model. Each row also gives the memory-bandwidth ceiling: a decoding step reads every
+weight once, so no implementation beats batch x (copy rate / weight bytes) tokens/s. dtypes default to
+float32, and bfloat16 where this machine multiplies it natively. Writes
+benchmarks/results/bench_decode-<machine kind>.json (-cuda on a GPU).
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ import tempfile
 import time
 
 import torch
-from common import copy_bandwidth, machine, print_table, write_json
+from common import copy_bandwidth, machine, machine_facts, machine_kind, print_table, write_json
 
 import transformerkit as tk
+from transformerkit import runtime
 from transformerkit.data.batching import pad
 from transformerkit.inference.generate import GenerationOptions, generate_ids
 from transformerkit.inference.translate import decode_sources
@@ -84,7 +89,8 @@ def run_translation(dtype: torch.dtype, repeats: int, run: str | None, bandwidth
     from transformerkit.recipes import load_recipe
     from transformerkit.tasks import prepare
 
-    model = tk.load(run, device="cpu") if run else prepare(load_recipe("multi30k-de-en"), run_dir="runs/bench").model
+    recipe = load_recipe("multi30k-de-en", ['model.norm_position="post"'])
+    model = tk.load(run, device="cpu") if run else prepare(recipe, run_dir="runs/bench").model
     model.eval()
     with tempfile.TemporaryDirectory() as folder:
         tk.export_hf(model, folder)
@@ -166,7 +172,7 @@ def _row(size, dtype, mode, batch, tokens, ours_seconds, ref_seconds, reference,
            "ours_tokens_per_second": tokens / ours_seconds, "reference_tokens_per_second": tokens / ref_seconds,
            "speedup": ref_seconds / ours_seconds, "model_time_share": share,
            "bandwidth_ceiling_tokens_per_second": ceiling, "share_of_ceiling": tokens / ours_seconds / ceiling,
-           "reference": reference, "machine": machine()}
+           "reference": reference, **machine_facts()}
     print(f"{size} {row['dtype']} {mode} batch {batch}: ours {row['ours_tokens_per_second']:.0f} tok/s, reference "
           f"{row['reference_tokens_per_second']:.0f} tok/s ({row['speedup']:.2f}x)", flush=True)
     return row
@@ -175,7 +181,7 @@ def _row(size, dtype, mode, batch, tokens, ours_seconds, ref_seconds, reference,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="shakespeare-char,multi30k-de-en,gpt2-small")
-    parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--dtypes", default="fp32,bf16" if runtime.native_bf16("cpu") else "fp32")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--run", help="a trained multi30k-de-en run to decode with (default: fresh weights)")
     args = parser.parse_args()
@@ -196,8 +202,7 @@ def main() -> None:
                   round(r["bandwidth_ceiling_tokens_per_second"]), f"{r['share_of_ceiling']:.0%}")
                  for r in rows], ("size", "dtype", "mode", "batch", "ours tok/s", "transformers tok/s", "speedup",
                                   "model share", "ceiling tok/s", "of ceiling"))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"wrote {write_json('bench_decode' + ('-cuda' if device == 'cuda' else '') + '.json', rows)}")
+    print(f"wrote {write_json(f'bench_decode-{machine_kind()}.json', rows)}")
 
 
 if __name__ == "__main__":
