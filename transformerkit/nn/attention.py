@@ -78,11 +78,11 @@ def _written_out_is_faster(q: Tensor, k: Tensor) -> bool:
     up to 256 keys when training in bfloat16 (7x at 20 keys: the fused bfloat16 backward is slow).
 
     A decoding step (one query, no gradient) is another case. Measured on a 2-core AMD EPYC, 2 threads,
-    keys read from a KV cache: in float32 the fused kernel is faster or level at every length (2.1x at batch 1
-    and 128 keys, 0.8x at batch 8 and 2,048); in bfloat16 with as many key/value heads as query heads it
-    loses once batch x keys reaches about 256 (written out 2.0x faster at batch 8 and 128 keys, 1.6x at
-    batch 1 and 2,048, 0.7x at batch 1 and 128); with grouped-query heads the fused kernel (folded, see
-    fused_attention) wins by 1.4-6x everywhere.
+    keys read from a KV cache: in float32 the fused kernel is faster or level up to 512 keys (2.1x at batch 1
+    and 128 keys) and at most 20% slower beyond (batch 8 and 2,048 keys). In bfloat16, with as many key/value
+    heads as query heads, it loses once batch x keys reaches about 256 (written out 2.0x faster at batch 8
+    and 128 keys, 1.6x at batch 1 and 2,048 keys; 0.7x at batch 1 and 128). With grouped-query heads the
+    fused kernel (folded, see fused_attention) wins by 1.4-6x everywhere.
 
     On GPUs the fused kernels always win. Inside torch.compile the fused kernel is kept at every length: a choice
     by length would recompile the block when a growing KV cache crosses the limit, mid-generation."""
