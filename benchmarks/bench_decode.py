@@ -89,8 +89,10 @@ def run_translation(dtype: torch.dtype, repeats: int, run: str | None, bandwidth
     from transformerkit.recipes import load_recipe
     from transformerkit.tasks import prepare
 
-    recipe = load_recipe("multi30k-de-en", ['model.norm_position="post"'])
-    model = tk.load(run, device="cpu") if run else prepare(recipe, run_dir="runs/bench").model
+    if run:
+        model = tk.load(run, device="cpu")
+    else:  # post-norm: MarianMT has no pre-norm layout
+        model = prepare(load_recipe("multi30k-de-en", ['model.norm_position="post"']), run_dir="runs/bench").model
     model.eval()
     with tempfile.TemporaryDirectory() as folder:
         tk.export_hf(model, folder)

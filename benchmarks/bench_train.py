@@ -72,34 +72,32 @@ def our_trainer(size: str, precision: str, run_dir: str):
     return trainer, model, batches, smoothing
 
 
-def model_flops(model, batch) -> float:
+def model_flops(model, batch, params: tuple[int, int]) -> float:
     """The FLOPs a training step on `batch` needs (forward + backward = 3 x forward), counted on real tokens:
-    6 x the matmul parameters each token passes through, plus attention's score and value products.
-    An encoder-decoder's source tokens pass through the encoder and the cross-attention's key and value
-    projections, its target tokens through the rest of the decoder and the output layer, so each side is
-    counted with its own parameters (counting every parameter for every token read 126% MFU). Checked against
-    torch's FlopCounterMode on unpadded batches: equal."""
-    c = model.config
+    6 x the matmul parameters each token passes through (`params`, from matmul_params), plus attention's score
+    and value products. An encoder-decoder's source tokens pass through the encoder and the cross-attention's
+    key and value projections, its target tokens through the rest of the decoder and the output layer, so each
+    side is counted with its own parameters (counting every parameter for every token read 126% MFU). Checked
+    against torch's FlopCounterMode on unpadded batches: equal."""
+    c, (total, source_side) = model.config, params
     if isinstance(batch, WindowBatch):
         B, T = batch.ids.shape[0], batch.ids.shape[1] - 1
-        return B * T * (6 * _matmul_params(model) + 12 * c.n_layers * c.d_model * T)
+        return B * T * (6 * total + 12 * c.n_layers * c.d_model * T)
     s, t = batch.source_mask.sum(1).double(), batch.target_mask.sum(1).double()  # (B,) real lengths
-    source_side = sum(p.numel() for name, p in model.named_parameters() if p.dim() == 2 and not _is_table(model, p)
-                      and (name.startswith("encoder.") or re.search(r"cross_attn\.[kv]_proj", name)))
     attention = c.n_layers * (s * s).sum() + c.decoder_layers * (t * t + t * s).sum()
-    target_side = _matmul_params(model) - source_side
-    return float(6 * (source_side * s.sum() + target_side * t.sum()) + 12 * c.d_model * attention)
+    return float(6 * (source_side * s.sum() + (total - source_side) * t.sum()) + 12 * c.d_model * attention)
 
 
-def _is_table(model, p) -> bool:
-    return any(p is m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding))
-
-
-def _matmul_params(model) -> int:
-    """Parameters that take part in matmuls (every weight but embedding tables), the output layer included."""
+def matmul_params(model) -> tuple[int, int]:
+    """(parameters that take part in matmuls: every weight but embedding tables, the output layer included;
+    those of them that an encoder-decoder's source tokens pass through)."""
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     head = model.output_layer().weight
-    count = sum(p.numel() for p in model.parameters() if p.dim() == 2 and not _is_table(model, p))
-    return count + (head.numel() if _is_table(model, head) else 0)
+    weights = [(name, p) for name, p in model.named_parameters() if p.dim() == 2 and id(p) not in tables]
+    total = sum(p.numel() for _, p in weights) + (head.numel() if id(head) in tables else 0)
+    source_side = sum(p.numel() for name, p in weights
+                      if name.startswith("encoder.") or re.search(r"cross_attn\.[kv]_proj", name))
+    return total, source_side
 
 
 def reference_model(config):
@@ -177,7 +175,8 @@ def main() -> None:
             trainer, model, batches, smoothing = our_trainer(size, precision, f"runs/bench-train-{size}")
             timed_batches = [batches[(i + 2) % len(batches)] for i in range(steps)]  # as seconds_per_step takes them
             tokens = sum(b.n_tokens for b in timed_batches) / steps
-            flops = sum(model_flops(model, b) for b in timed_batches) / steps
+            params = matmul_params(model)
+            flops = sum(model_flops(model, b, params) for b in timed_batches) / steps
             reference = reference_model(model.config)
             dtype = torch.bfloat16 if precision == "bf16" else torch.float32
             rate = matmul_ceiling(dtype)  # probed before and after the row's timing, the better kept: the VM drifts
