@@ -155,6 +155,23 @@ def test_a_time_budget_sizes_the_schedule_to_end_inside_it(data_env, tmp_path):
     assert len([r for r in records if "val_bleu" in r and "averaged" not in r]) >= 3
 
 
+def test_a_finished_budgeted_run_resumed_with_a_bigger_budget_trains_on_inside_it(data_env, tmp_path):
+    recipe = tiny_recipe("training.budget_minutes=0.05", "training.schedule=\"cosine\"", "training.min_lr=1e-5",
+                         "training.warmup_steps=5", "training.evaluations=2", "training.max_minutes=0.2")
+    first = train_recipe(recipe, tmp_path / "run", progress_bar=False)
+    assert first["finished"] == "budget"
+    again = train_recipe(None, tmp_path / "run", resume=True, progress_bar=False,
+                         overrides=["training.budget_minutes=0.1"])
+    assert again["finished"] == "budget" and again["step"] > first["step"] + 10
+    assert again["planned_steps"] == again["step"] and again["train_seconds"] <= 0.1 * 60 * 1.1
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    later = [r for r in records if r.get("step", 0) > first["step"]]
+    assert len([r for r in later if "val_bleu" in r and "averaged" not in r]) >= 2  # evaluated afresh
+    assert all(r["lr"] == pytest.approx(1e-5, rel=0.05) for r in later if "lr" in r)  # the cosine had ended
+    with pytest.raises(tk.ConfigError, match="max_minutes.*at least budget_minutes"):
+        train_recipe(None, tmp_path / "run", resume=True, progress_bar=False, overrides=["training.budget_minutes=1"])
+
+
 def test_a_run_stopped_long_before_its_plan_says_so(data_env, tmp_path, capsys):
     summary = train_recipe(tiny_recipe("training.max_steps=100000", "training.max_minutes=0.02",
                                        "training.eval_every=0"), tmp_path / "run", progress_bar=False)

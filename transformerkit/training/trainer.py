@@ -93,6 +93,9 @@ class TrainConfig(Config):
         require(self, "max_minutes", self.max_minutes is None or self.max_minutes > 0, "positive (or unset)")
         require(self, "budget_minutes", self.budget_minutes is None or self.budget_minutes >= 0,
                 "0 or more (0: no budget)")
+        if self.budget_minutes and self.max_minutes:
+            require(self, "max_minutes", self.max_minutes >= self.budget_minutes,
+                    f"at least budget_minutes ({self.budget_minutes:g}): the hard stop would cut the plan short")
         for name in ("warmup_steps", "evaluations", "eval_every", "snapshot_every", "average_last", "patience",
                      "min_lr", "weight_decay", "clip_norm", "checkpoint_minutes"):
             require(self, name, getattr(self, name) >= 0, "0 or more")
@@ -181,6 +184,8 @@ class Trainer:
         self._clock = (time.perf_counter(), p.elapsed)  # (session start, seconds before this session)
         self._timing_from: tuple[int, float] | None = None  # (step, elapsed) where a budget starts timing steps
         self._eval_time, self._evals = 0.0, 0  # seconds spent evaluating since then, and how many times
+        # a budgeted run resumed with another budget re-plans what is left, once this session has timed its steps
+        self._budget_changed = bool(resume and p.plan and "training.budget_minutes" in (changes or {}))
         self._window = _Window()
         self._set_schedule()
         self.bar = self._bar()
@@ -295,7 +300,7 @@ class Trainer:
 
     def _limit_reached(self) -> str | None:
         c, p = self.config, self.progress
-        if p.plan and p.step >= p.plan["planned_steps"]:
+        if p.plan and p.step >= p.plan["planned_steps"] and not self._budget_changed:
             return "budget"
         if c.max_steps and p.step >= c.max_steps:
             return "max_steps"
@@ -307,20 +312,32 @@ class Trainer:
 
     def _plan_if_due(self) -> bool:
         """A budgeted run times its first steps, evaluates once (timed too), then fixes how many steps the whole
-        schedule may take so that it ends inside the budget. Returns True on the step the plan was made."""
+        schedule may take so that it ends inside the budget. Returns True on the step the plan was made.
+
+        A run resumed with another budget does the same to re-size its plan: a cosine under way is stretched
+        from where it is (one that had ended stays at its floor), and a plan whose evaluations were all made
+        spreads them afresh over the steps added."""
         c, p = self.config, self.progress
         if not c.budget_minutes:
             return False
         if self._timing_from is None:  # the first step of a session pays for warm-up: time from the next one
             self._timing_from, self._eval_time, self._evals = (p.step, p.elapsed), 0.0, 0
             return False
-        if p.plan is not None:
+        if p.plan is not None and not self._budget_changed:
             return False
         timed = p.step - self._timing_from[0]
         if timed < PLAN_AFTER_STEPS and (timed < 3 or p.elapsed < 0.05 * 60 * c.budget_minutes):
             return False
         self._evaluate_and_save()
         total = self._budget_total()
+        if self._budget_changed:
+            self._budget_changed = False
+            done = self._evaluations_so_far()[0]
+            p.plan = replanned(p.plan, p.step, total)
+            if done >= c.evaluations:
+                p.plan["evaluations"] = [0, p.step]
+            self._plan_changed(f"budget now {c.budget_minutes:g} min: {p.plan['planned_steps']} steps fit")
+            return True
         p.plan = {"planned_steps": total, "warmup_steps": min(c.warmup_steps, max(1, total // 4)), "anchor": None,
                   "evaluations": [0, 0]}  # made, and the step of the last (the planning one is not counted)
         self._plan_changed(f"budget {c.budget_minutes:g} min: {total} steps fit (warmup {p.plan['warmup_steps']})")
