@@ -11,18 +11,20 @@ recipe's size with fresh weights, post-norm (MarianMT has no pre-norm layout; th
 same), or RUN's trained model. Each row also gives the memory-bandwidth ceiling: a decoding step reads every
 weight once, so no implementation beats batch x (copy rate / weight bytes) tokens/s. dtypes default to
 float32, and bfloat16 where this machine multiplies it natively. Writes
-benchmarks/results/bench_decode-<machine kind>.json (-cuda on a GPU).
+benchmarks/results/bench_decode-<machine kind>.json (-cuda on a GPU), keeping the rows of sizes and dtypes
+not measured in this run.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import tempfile
 import time
 
 import torch
-from common import copy_bandwidth, machine, machine_facts, machine_kind, print_table, write_json
+from common import RESULTS, copy_bandwidth, machine, machine_facts, machine_kind, print_table, write_json
 
 import transformerkit as tk
 from transformerkit import runtime
@@ -204,7 +206,16 @@ def main() -> None:
                   round(r["bandwidth_ceiling_tokens_per_second"]), f"{r['share_of_ceiling']:.0%}")
                  for r in rows], ("size", "dtype", "mode", "batch", "ours tok/s", "transformers tok/s", "speedup",
                                   "model share", "ceiling tok/s", "of ceiling"))
-    print(f"wrote {write_json(f'bench_decode-{machine_kind()}.json', rows)}")
+    name = f"bench_decode-{machine_kind()}.json"
+    print(f"wrote {write_json(name, kept_rows(RESULTS / name, rows) + rows)}")
+
+
+def kept_rows(path, rows: list[dict]) -> list[dict]:
+    """The rows of an earlier run on this machine kind for the sizes and dtypes not measured now: each row is a
+    side-by-side comparison made in one run, so a run of some sizes adds to the file instead of replacing it."""
+    measured = {(r["size"], r["dtype"]) for r in rows}
+    earlier = json.loads(path.read_text()) if path.exists() else []
+    return [r for r in earlier if (r["size"], r["dtype"]) not in measured]
 
 
 if __name__ == "__main__":
