@@ -166,7 +166,7 @@ def test_a_finished_budgeted_run_resumed_with_a_bigger_budget_trains_on_inside_i
     assert again["planned_steps"] == again["step"] and again["train_seconds"] <= 0.1 * 60 * 1.1
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     later = [r for r in records if r.get("step", 0) > first["step"]]
-    assert len([r for r in later if "val_bleu" in r and "averaged" not in r]) >= 2  # evaluated afresh
+    assert len([r for r in later if "val_bleu" in r and "averaged" not in r]) >= 2  # on resuming, and at the new end
     assert all(r["lr"] == pytest.approx(1e-5, rel=0.05) for r in later if "lr" in r)  # the cosine had ended
     with pytest.raises(tk.ConfigError, match="max_minutes.*at least budget_minutes"):
         train_recipe(None, tmp_path / "run", resume=True, progress_bar=False, overrides=["training.budget_minutes=1"])

@@ -248,9 +248,9 @@ class Trainer:
             raise Interrupted(f"interrupted at step {p.step}; saved {self.run_dir / 'last'}; resume with: "
                               f"transformerkit train --resume {self.run_dir}", self._stop_signal)
         if not planned_now and (self._evaluation_due() or reason):
-            reason = self._evaluate_and_save() or reason
-            if p.plan is not None:
+            if p.plan is not None:  # counted before last/ is saved, so that a resumed run does not make it again
                 p.plan["evaluations"] = [self._evaluations_so_far()[0] + 1, p.step]
+            reason = self._evaluate_and_save() or reason
             if reason is None and p.plan is not None:
                 self._replan()
                 reason = self._limit_reached()
@@ -316,7 +316,7 @@ class Trainer:
 
         A run resumed with another budget does the same to re-size its plan: a cosine under way is stretched
         from where it is (one that had ended stays at its floor), and a plan whose evaluations were all made
-        spreads them afresh over the steps added."""
+        gives the steps added their share of them (at least one, at the new end)."""
         c, p = self.config, self.progress
         if not c.budget_minutes:
             return False
@@ -326,7 +326,7 @@ class Trainer:
         if p.plan is not None and not self._budget_changed:
             return False
         timed = p.step - self._timing_from[0]
-        if timed < PLAN_AFTER_STEPS and (timed < 3 or p.elapsed < 0.05 * 60 * c.budget_minutes):
+        if timed < PLAN_AFTER_STEPS and (timed < 3 or p.elapsed - self._timing_from[1] < 0.05 * 60 * c.budget_minutes):
             return False
         self._evaluate_and_save()
         total = self._budget_total()
@@ -334,8 +334,9 @@ class Trainer:
             self._budget_changed = False
             done = self._evaluations_so_far()[0]
             p.plan = replanned(p.plan, p.step, total)
-            if done >= c.evaluations:
-                p.plan["evaluations"] = [0, p.step]
+            if done >= c.evaluations:  # the steps added get their share of the evaluations, at least one
+                share = max(1, round(c.evaluations * (p.plan["planned_steps"] - p.step) / p.plan["planned_steps"]))
+                p.plan["evaluations"] = [c.evaluations - share, p.step]
             self._plan_changed(f"budget now {c.budget_minutes:g} min: {p.plan['planned_steps']} steps fit")
             return True
         p.plan = {"planned_steps": total, "warmup_steps": min(c.warmup_steps, max(1, total // 4)), "anchor": None,
@@ -389,7 +390,7 @@ class Trainer:
         """Every eval_every steps; with a budget, at `evaluations` points spread over the plan (the last at its
         end), once the plan exists (planning evaluates first)."""
         c, p = self.config, self.progress
-        if c.budget_minutes and p.plan is None:
+        if c.budget_minutes and (p.plan is None or self._budget_changed):  # (re-)planning evaluates first
             return False
         if c.budget_minutes and c.evaluations:
             done, last = self._evaluations_so_far()
