@@ -334,7 +334,7 @@ class Trainer:
             self._budget_changed = False
             done = self._evaluations_so_far()[0]
             p.plan = replanned(p.plan, p.step, total)
-            if done >= c.evaluations:  # the steps added get their share of the evaluations, at least one
+            if c.evaluations and done >= c.evaluations:  # the steps added get their share of them, at least one
                 share = max(1, round(c.evaluations * (p.plan["planned_steps"] - p.step) / p.plan["planned_steps"]))
                 p.plan["evaluations"] = [c.evaluations - share, p.step]
             self._plan_changed(f"budget now {c.budget_minutes:g} min: {p.plan['planned_steps']} steps fit")
