@@ -184,8 +184,6 @@ class Trainer:
         self._clock = (time.perf_counter(), p.elapsed)  # (session start, seconds before this session)
         self._timing_from: tuple[int, float] | None = None  # (step, elapsed) where a budget starts timing steps
         self._eval_time, self._evals = 0.0, 0  # seconds spent evaluating since then, and how many times
-        # a budgeted run resumed with another budget re-plans what is left, once this session has timed its steps
-        self._budget_changed = bool(resume and p.plan and "training.budget_minutes" in (changes or {}))
         self._window = _Window()
         self._set_schedule()
         self.bar = self._bar()
@@ -300,7 +298,7 @@ class Trainer:
 
     def _limit_reached(self) -> str | None:
         c, p = self.config, self.progress
-        if p.plan and p.step >= p.plan["planned_steps"] and not self._budget_changed:
+        if p.plan and p.step >= p.plan["planned_steps"] and not self._budget_changed():
             return "budget"
         if c.max_steps and p.step >= c.max_steps:
             return "max_steps"
@@ -323,24 +321,24 @@ class Trainer:
         if self._timing_from is None:  # the first step of a session pays for warm-up: time from the next one
             self._timing_from, self._eval_time, self._evals = (p.step, p.elapsed), 0.0, 0
             return False
-        if p.plan is not None and not self._budget_changed:
+        if p.plan is not None and not self._budget_changed():
             return False
         timed = p.step - self._timing_from[0]
         if timed < PLAN_AFTER_STEPS and (timed < 3 or p.elapsed - self._timing_from[1] < 0.05 * 60 * c.budget_minutes):
             return False
         self._evaluate_and_save()
         total = self._budget_total()
-        if self._budget_changed:
-            self._budget_changed = False
+        if p.plan is not None:  # a budget changed on resuming
             done = self._evaluations_so_far()[0]
-            p.plan = replanned(p.plan, p.step, total)
+            p.plan = {**replanned(p.plan, p.step, total), "budget_minutes": c.budget_minutes}
             if c.evaluations and done >= c.evaluations:  # the steps added get their share of them, at least one
                 share = max(1, round(c.evaluations * (p.plan["planned_steps"] - p.step) / p.plan["planned_steps"]))
                 p.plan["evaluations"] = [c.evaluations - share, p.step]
             self._plan_changed(f"budget now {c.budget_minutes:g} min: {p.plan['planned_steps']} steps fit")
             return True
         p.plan = {"planned_steps": total, "warmup_steps": min(c.warmup_steps, max(1, total // 4)), "anchor": None,
-                  "evaluations": [0, 0]}  # made, and the step of the last (the planning one is not counted)
+                  "evaluations": [0, 0],  # made, and the step of the last (the planning one is not counted)
+                  "budget_minutes": c.budget_minutes}  # what it was made for
         self._plan_changed(f"budget {c.budget_minutes:g} min: {total} steps fit (warmup {p.plan['warmup_steps']})")
         return True
 
@@ -356,6 +354,12 @@ class Trainer:
             return
         p.plan = plan
         self._plan_changed(f"re-planned: {plan['planned_steps']} steps fit in what is left of the budget")
+
+    def _budget_changed(self) -> bool:
+        """Whether the plan was made for another budget than the run's (changed on resuming): it is re-sized, once
+        this session has timed its steps, even if a first resumed session stopped before it could be."""
+        plan, budget = self.progress.plan, self.config.budget_minutes
+        return bool(budget and plan and plan.get("budget_minutes", budget) != budget)
 
     def _budget_total(self) -> int:
         """The plan's length from the speed measured in this session: steps, and evaluations apart."""
@@ -390,7 +394,7 @@ class Trainer:
         """Every eval_every steps; with a budget, at `evaluations` points spread over the plan (the last at its
         end), once the plan exists (planning evaluates first)."""
         c, p = self.config, self.progress
-        if c.budget_minutes and (p.plan is None or self._budget_changed):  # (re-)planning evaluates first
+        if c.budget_minutes and (p.plan is None or self._budget_changed()):  # (re-)planning evaluates first
             return False
         if c.budget_minutes and c.evaluations:
             done, last = self._evaluations_so_far()
@@ -487,6 +491,8 @@ class Trainer:
                                   "--fsdp; resume it the same way (the optimizer state is stored differently)")
         self.whole.load(weights, self.optimizer, state["optimizer"], self.device)
         self.progress = Progress(**state["progress"])
+        if self.progress.plan is not None:  # saved before plans named their budget: the run's config did
+            self.progress.plan.setdefault("budget_minutes", state.get("config", {}).get("budget_minutes"))
         self._saved_step, self._saved_at = self.progress.step, self.progress.elapsed
         self._print(f"resumed {self.run_dir} at step {self.progress.step} (epoch {self.progress.epoch})")
 
