@@ -89,13 +89,16 @@ def main() -> None:
     records = [json.loads(line) for line in Path(run, "metrics.jsonl").read_text().splitlines()]
     summary, start = records[-1]["summary"], records[0]
     model = tk.load(run, device=device)
-    beam = evaluate_split(model, "test_2016_flickr", beam=5)
+    # the recipe's decoding, also for a run trained before the recipe's length penalty was tuned on val
+    alpha = recipe.get("decoding", {}).get("length_penalty")
+    beam = evaluate_split(model, "test_2016_flickr", beam=5, length_penalty=alpha)
     greedy = evaluate_split(model, "test_2016_flickr", beam=1)
     result = {
         "recipe": recipe["name"], "direction": f"{recipe['data']['source']}-{recipe['data']['target']}",
         "bleu_tokenized_beam": beam["bleu_tokenized"], "bleu_tokenized_greedy": greedy["bleu_tokenized"],
         "sacrebleu_beam": beam["sacrebleu"], "sacrebleu_greedy": greedy["sacrebleu"], "chrf_beam": beam["chrf"],
-        "sacrebleu_signature": beam["sacrebleu_signature"], "train_seconds": summary["train_seconds"],
+        "sacrebleu_signature": beam["sacrebleu_signature"], "length_penalty": beam["length_penalty"],
+        "train_seconds": summary["train_seconds"],
         "train_tokens_per_second": summary["tokens_per_second"], "train_steps": summary["step"],
         "planned_steps": summary.get("planned_steps"), "budget_minutes": summary.get("budget_minutes"),
         "precision": start.get("precision"), "precision_reason": start.get("precision_reason"),

@@ -87,12 +87,12 @@ def test_evaluate_writes_json(trained_run, tmp_path):
 
     run, env = trained_run
     out = tmp_path / "scores.json"
-    result = run_cli("evaluate", str(run), "--split", "val", "--beam", "2", "--out", str(out), "--device", "cpu",
-                     env=env)
+    result = run_cli("evaluate", str(run), "--split", "val", "--beam", "2", "--length-penalty", "1.3", "--out",
+                     str(out), "--device", "cpu", env=env)
     assert result.returncode == 0, result.stderr
     scores = json.loads(out.read_text())
     assert {"sacrebleu", "sacrebleu_signature", "chrf", "bleu_tokenized", "beam"} <= set(scores)
-    assert scores["beam"] == 2 and scores["sentences"] == 40
+    assert scores["beam"] == 2 and scores["sentences"] == 40 and scores["length_penalty"] == 1.3
 
 
 def test_plot_and_attention_write_pngs(trained_run, tmp_path):

@@ -232,7 +232,7 @@ def train(args: argparse.Namespace) -> None:
 @command(MODEL, arg("--input", metavar="FILE", help="sentences, one per line (default: stdin)"),
          arg("--beam", type=positive_int, help="beam size (default: the model's, 5)"),
          arg("--greedy", action="store_true", help="greedy decoding (beam 1)"),
-         arg("--length-penalty", type=float, help="GNMT length penalty alpha (default 0.6)"), DTYPE, QUANTIZE, DEVICE)
+         arg("--length-penalty", type=float, help="GNMT length penalty alpha (default: the model's)"), DTYPE, QUANTIZE, DEVICE)
 def translate(args: argparse.Namespace) -> None:
     """Translate sentences from stdin or a file to stdout, in input order, as batches finish."""
     from .data.datasets import read_lines
@@ -251,6 +251,7 @@ def translate(args: argparse.Namespace) -> None:
          arg("--source-file", help="translate this file instead of a Multi30k split"),
          arg("--reference-file", help="the references for --source-file"),
          arg("--language", help="the target language of --reference-file (for tokenized BLEU)"),
+         arg("--length-penalty", type=float, help="GNMT length penalty alpha (default: the model's)"),
          arg("--out", metavar="JSON", type=writable,
              help="where to write the numbers (default: in the run folder, or beside the checkpoint)"), DTYPE, DEVICE)
 def evaluate(args: argparse.Namespace) -> None:
@@ -263,7 +264,7 @@ def evaluate(args: argparse.Namespace) -> None:
 
     model = load_for_inference(args)
     result = evaluate_split(model, args.split, 1 if args.greedy else args.beam, args.source_file,
-                            args.reference_file, args.language)
+                            args.reference_file, args.language, args.length_penalty)
     scores = {k: v for k, v in result.items() if k != "hypotheses"}
     for key, value in scores.items():
         print(f"{key:20} {value:.2f}" if isinstance(value, float) else f"{key:20} {value}")

@@ -15,9 +15,10 @@ from .metrics import chrf_score, sacrebleu_score, tokenized_bleu
 
 def evaluate_split(model: nn.Module, split: str = "test_2016_flickr", beam: int | None = None,
                    source_file: str | None = None, reference_file: str | None = None,
-                   language: str | None = None) -> dict[str, Any]:
+                   language: str | None = None, length_penalty: float | None = None) -> dict[str, Any]:
     """Translate a split (or a source file) and score it: sacreBLEU and chrF on detokenized text, and, where
-    official tokenized references exist (Multi30k), tokenized BLEU. Returns the numbers with the outputs."""
+    official tokenized references exist (Multi30k), tokenized BLEU. Returns the numbers with the outputs.
+    beam and length_penalty default to the model's own (its recipe's [decoding]); tune them on val."""
     task = getattr(model, "task", None) or {}
     tokenized = None
     if source_file or reference_file:
@@ -34,11 +35,14 @@ def evaluate_split(model: nn.Module, split: str = "test_2016_flickr", beam: int 
         tok_path = multi30k_tokenized_path(split, language)
         tokenized = read_lines(tok_path) if tok_path.exists() else None
     start = time.perf_counter()
-    hypotheses = translate(model, pairs.sources, beam=beam)
+    hypotheses = translate(model, pairs.sources, beam=beam, length_penalty=length_penalty)
     seconds = time.perf_counter() - start
-    used_beam = beam or (task.get("decoding") or {}).get("beam", DecodeOptions.beam)
+    decoding = task.get("decoding") or {}
+    used_beam = beam or decoding.get("beam", DecodeOptions.beam)
+    used_penalty = length_penalty if length_penalty is not None else decoding.get("length_penalty",
+                                                                                   DecodeOptions.length_penalty)
     result: dict[str, Any] = {"split": split if not source_file else source_file, "sentences": len(pairs),
-                              "beam": used_beam, "translate_seconds": seconds,
+                              "beam": used_beam, "length_penalty": used_penalty, "translate_seconds": seconds,
                               **sacrebleu_score(hypotheses, pairs.targets), **chrf_score(hypotheses, pairs.targets)}
     if tokenized is not None and len(tokenized) == len(hypotheses):
         result["bleu_tokenized"] = tokenized_bleu(hypotheses, tokenized, language)
