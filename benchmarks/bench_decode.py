@@ -8,9 +8,10 @@ the weights are the same): GPT2LMHeadModel for the decoders, MarianMTModel for t
 Greedy and sampling (temperature 1, no top-k) at batch 1 and 8, and beam 5 at batch 1, every output forced to
 the same number of new tokens (min = max) so the work is equal. The translation model is the multi30k-de-en
 recipe's size with fresh weights, post-norm (MarianMT has no pre-norm layout; the cost of a step is the
-same), or RUN's trained model. Each row also gives the memory-bandwidth ceiling: a decoding step reads every
-weight once, so no implementation beats batch x (copy rate / weight bytes) tokens/s. dtypes default to
-float32, and bfloat16 where this machine multiplies it natively. Writes
+same), or RUN's trained model. Ours is read back through tk.load, as the commands read a model. Each row
+also gives the memory-bandwidth ceiling: a decoding step reads every weight once, so no implementation beats
+batch x (copy rate / weight bytes) tokens/s. dtypes default to float32, and bfloat16 where this machine
+multiplies it natively. Writes
 benchmarks/results/bench_decode-<machine kind>.json (-cuda on a GPU), keeping the rows of sizes and dtypes
 not measured in this run.
 """
@@ -52,6 +53,14 @@ def decoder(size: str) -> tuple[tk.DecoderOnly, int, int]:
     return tk.build_model(tk.preset("gpt2-small", dropout=0.0, attention_dropout=0.0)).eval(), 32, 64
 
 
+def as_loaded(model, dtype: torch.dtype):
+    """The model as the commands have it: saved, then read back by tk.load in `dtype` (which also stores the
+    weights in the layout this machine decodes fastest with)."""
+    with tempfile.TemporaryDirectory() as folder:
+        tk.save(model, folder)
+        return tk.load(folder, device="cpu", dtype=dtype)
+
+
 def run_decoder(size: str, dtype: torch.dtype, repeats: int, bandwidth: float) -> list[dict]:
     import transformers
 
@@ -59,7 +68,7 @@ def run_decoder(size: str, dtype: torch.dtype, repeats: int, bandwidth: float) -
     with tempfile.TemporaryDirectory() as folder:
         tk.export_hf(ours, folder)
         reference = transformers.GPT2LMHeadModel.from_pretrained(folder, dtype=dtype).eval()
-    ours = ours.to(dtype)
+    ours = as_loaded(ours, dtype)
     steps_ceiling = bandwidth / weight_bytes(ours)
     rows = []
     for mode, batch in CASES:
@@ -95,11 +104,10 @@ def run_translation(dtype: torch.dtype, repeats: int, run: str | None, bandwidth
         model = tk.load(run, device="cpu")
     else:  # post-norm: MarianMT has no pre-norm layout
         model = prepare(load_recipe("multi30k-de-en", ['model.norm_position="post"']), run_dir="runs/bench").model
-    model.eval()
     with tempfile.TemporaryDirectory() as folder:
         tk.export_hf(model, folder)
         reference = transformers.MarianMTModel.from_pretrained(folder, dtype=dtype).eval()
-    model = model.to(dtype)
+    model = as_loaded(model, dtype)
     c = model.config
     test = encode(model.source_tokenizer, multi30k("test_2016_flickr", "de", "en").sources[:sentences])
     steps_ceiling = bandwidth / weight_bytes(model)  # an upper bound: the encoder runs once, not every step

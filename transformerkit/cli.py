@@ -222,7 +222,7 @@ def train(args: argparse.Namespace) -> None:
         flags.append(f'training.precision="{precision}"')
     recipe = load_recipe(args.recipe, [*args.set, *flags]) if args.recipe else None
     run_dir = args.resume or args.out or default_run_dir(recipe)
-    init = load(args.init, device="cpu").train() if args.init else None
+    init = load(args.init, device="cpu", for_training=True) if args.init else None
     summary = train_recipe(recipe, run_dir, device, resume=bool(args.resume), init=init,
                            progress_bar=not args.no_progress, overrides=[*args.set, *flags] if args.resume else [])
     print(f"run folder: {run_dir} ({summary['finished']} after {summary['train_seconds'] / 60:.1f} min, "

@@ -66,8 +66,12 @@ QUANTIZE = ("auto", "gguf", "int8", "int4", None)
 
 
 def load(path: str | os.PathLike, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-         quantize: str | None = None) -> nn.Module:
+         quantize: str | None = None, for_training: bool = False) -> nn.Module:
     """Read a model for inference (eval mode) onto `device` (default: the best available) in `dtype`.
+
+    On a CPU, each large float linear weight is stored the way this machine streams fastest for one token at a
+    time (decoding_layout). for_training: train mode with every weight in nn.Linear's own layout instead, for
+    fine-tuning (`train --init`).
 
     quantize: None, the exact float model; "int8" or "int4" (groups of 32), weight-only quantized linear
     layers (quantize.py); "gguf", a GGUF file's own 4-bit blocks kept as they are and the rest in 8 bits;
@@ -95,10 +99,28 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None, dtyp
     else:
         raise CheckpointError(f"{path}: not a transformerkit checkpoint, a run folder, a Hugging Face model folder "
                               "or a GGUF file")
-    model = model.to(device=device, dtype=dtype).eval()
+    model = model.to(device=device, dtype=dtype)
     if quantize is not None or quantization_of(model) is not None:
         finish_quantized(model, "int4" if quantize == "gguf" else quantize)  # a GGUF file's rest: as int4 would
-    return model
+    elif device.type == "cpu" and not for_training:
+        decoding_layout(model)
+    return model.train() if for_training else model.eval()
+
+
+def decoding_layout(model: nn.Module) -> int:
+    """Re-stride the linear weights that this machine multiplies faster by one token when stored transposed
+    (runtime.transposed_weight_pays): the same values and shapes, only the order in memory changes, so every
+    result is the same up to float rounding. Decoding reads every weight once a token, so its speed is the
+    rate the weights stream at. Checkpoints and exports write contiguous copies; quantizing reads one too.
+    Returns how many weights changed."""
+    changed = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if (isinstance(module, nn.Linear) and weight.is_contiguous() and weight.dtype in (torch.float32, torch.bfloat16)
+                and runtime.transposed_weight_pays(*weight.shape, weight.dtype)):
+            weight.data = weight.data.t().contiguous().t()  # (out, in) shape, (in, out) in memory
+            changed += 1
+    return changed
 
 
 def finish_quantized(model: nn.Module, kind: str | None) -> None:

@@ -76,3 +76,35 @@ def test_dtype_and_device(tmp_path):
     tk.save(tk.build_model(tk.preset("gpt-tiny")), tmp_path / "ckpt")
     model = tk.load(tmp_path / "ckpt", device="cpu", dtype=torch.bfloat16)
     assert model.lm_head.weight.dtype == torch.bfloat16 and not model.training
+
+
+def test_load_re_strides_the_weights_the_probe_picks_and_nothing_downstream_notices(tmp_path, monkeypatch):
+    """The decoding layout with the probe's answer injected: every linear weight stored transposed, the same
+    logits, and saving, quantizing and loading for training read the weights as nn.Linear keeps them."""
+    from transformerkit import runtime
+    from transformerkit.quantize import quantize_model
+
+    model = tk.build_model(tk.preset("gpt-tiny")).eval()
+    tk.save(model, tmp_path / "ckpt")
+    monkeypatch.setattr(runtime, "transposed_weight_pays", lambda out_features, in_features, dtype: True)
+    loaded = tk.load(tmp_path / "ckpt", device="cpu")
+    linears = [m.weight for m in loaded.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(w.t().is_contiguous() and not w.is_contiguous() for w in linears)
+    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids), model(ids), rtol=0, atol=1e-5)
+    tk.save(loaded, tmp_path / "again")  # safetensors writes contiguous copies
+    trainable = tk.load(tmp_path / "again", device="cpu", for_training=True)
+    assert trainable.training and all(p.is_contiguous() for p in trainable.parameters())
+    for a, b in zip(model.state_dict().values(), trainable.state_dict().values()):
+        assert torch.equal(a, b)
+    ours, reference = quantize_model(loaded, "int8"), quantize_model(trainable, "int8")
+    for a, b in zip(ours.state_dict().values(), reference.state_dict().values()):
+        assert torch.equal(a, b) and a.is_contiguous()
+
+
+def test_the_layout_probe_leaves_small_weights_alone_and_answers_for_large_ones():
+    from transformerkit import runtime
+
+    assert runtime.transposed_weight_pays(64, 64, torch.float32) is False  # in the caches: not timed
+    assert runtime.transposed_weight_pays(1024, 512, torch.float32) in (True, False)  # 2 MB: timed

@@ -41,7 +41,7 @@ class Int8Linear(nn.Module):
     @classmethod
     def from_float(cls, weight: Tensor, bias: Tensor | None = None) -> Int8Linear:
         """Symmetric per-row quantization: the row's largest magnitude maps to 127."""
-        weight = weight.detach().float()
+        weight = weight.detach().float().contiguous()  # a loaded model's may be re-strided
         scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127  # (N,)
         codes = torch.round(weight / scale[:, None]).clamp(-127, 127)
         return cls(codes, scale, bias)
@@ -99,7 +99,7 @@ class Int4Linear(nn.Module):
     @classmethod
     def from_float(cls, weight: Tensor, group_size: int, bias: Tensor | None = None) -> Int4Linear:
         """Asymmetric quantization of each group: its minimum and maximum span the 16 levels."""
-        weight = weight.detach().float()
+        weight = weight.detach().float().contiguous()  # a loaded model's may be re-strided
         N, K = weight.shape
         groups = weight.reshape(N, K // group_size, group_size)
         low, high = groups.amin(dim=-1), groups.amax(dim=-1)  # (N, G)

@@ -34,7 +34,7 @@ def encoder_from(init: nn.Module | None, table: PretrainedTable, **changes: Any)
             raise ConfigError("[model] init: this task fine-tunes a pretrained encoder; name it with "
                               "--init MODEL or init = \"...\" in the recipe")
         try:
-            init = load(table.init, device="cpu")
+            init = load(table.init, device="cpu", for_training=True)
         except CheckpointError as error:
             raise ConfigError(f"[model] init: {error} (train the pretraining recipe first, e.g. multi30k-bert)") \
                 from None

@@ -61,7 +61,15 @@ def write_model(model: nn.Module, folder: Path) -> None:
     from safetensors.torch import save_model
 
     (folder / "config.json").write_text(json.dumps(model_header(model), indent=2))
-    save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    restrided = [p for p in model.parameters() if not p.is_contiguous()]  # a loaded model's decoding layout
+    kept = [p.data for p in restrided]
+    for p in restrided:  # safetensors wants contiguous tensors; tied weights stay one parameter
+        p.data = p.data.contiguous()
+    try:
+        save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    finally:
+        for p, data in zip(restrided, kept):
+            p.data = data
     source, target = getattr(model, "source_tokenizer", None), getattr(model, "target_tokenizer", None)
     tokenizers = {"tokenizer": getattr(model, "tokenizer", None) or (source if source is target else None)}
     if source is not target:
