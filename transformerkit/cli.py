@@ -232,7 +232,8 @@ def train(args: argparse.Namespace) -> None:
 @command(MODEL, arg("--input", metavar="FILE", help="sentences, one per line (default: stdin)"),
          arg("--beam", type=positive_int, help="beam size (default: the model's, 5)"),
          arg("--greedy", action="store_true", help="greedy decoding (beam 1)"),
-         arg("--length-penalty", type=float, help="GNMT length penalty alpha (default: the model's)"), DTYPE, QUANTIZE, DEVICE)
+         arg("--length-penalty", type=float, help="GNMT length penalty alpha (default: the model's)"), DTYPE,
+         QUANTIZE, DEVICE)
 def translate(args: argparse.Namespace) -> None:
     """Translate sentences from stdin or a file to stdout, in input order, as batches finish."""
     from .data.datasets import read_lines
