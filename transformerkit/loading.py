@@ -107,20 +107,18 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None, dtyp
     return model.train() if for_training else model.eval()
 
 
-def decoding_layout(model: nn.Module) -> int:
+def decoding_layout(model: nn.Module) -> None:
     """Re-stride the linear weights that this machine multiplies faster by one token when stored transposed
     (runtime.transposed_weight_pays): the same values and shapes, only the order in memory changes, so every
     result is the same up to float rounding. Decoding reads every weight once a token, so its speed is the
-    rate the weights stream at. Checkpoints and exports write contiguous copies; quantizing reads one too.
-    Returns how many weights changed."""
-    changed = 0
+    rate the weights stream at. Checkpoints and exports write contiguous copies; quantizing reads one too."""
     for module in model.modules():
-        weight = getattr(module, "weight", None)
-        if (isinstance(module, nn.Linear) and weight.is_contiguous() and weight.dtype in (torch.float32, torch.bfloat16)
+        if not isinstance(module, nn.Linear):
+            continue
+        weight = module.weight  # a tied weight is met twice: the second time it is no longer contiguous
+        if (weight.is_contiguous() and weight.dtype in (torch.float32, torch.bfloat16)
                 and runtime.transposed_weight_pays(*weight.shape, weight.dtype)):
             weight.data = weight.data.t().contiguous().t()  # (out, in) shape, (in, out) in memory
-            changed += 1
-    return changed
 
 
 def finish_quantized(model: nn.Module, kind: str | None) -> None:

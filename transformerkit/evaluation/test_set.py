@@ -9,7 +9,7 @@ from torch import nn
 
 from ..data.datasets import multi30k_path, multi30k_tokenized_path, read_lines, read_parallel
 from ..errors import ConfigError
-from ..inference.translate import DecodeOptions, translate
+from ..inference.translate import decode_options, translate
 from .metrics import chrf_score, sacrebleu_score, tokenized_bleu
 
 
@@ -37,12 +37,9 @@ def evaluate_split(model: nn.Module, split: str = "test_2016_flickr", beam: int 
     start = time.perf_counter()
     hypotheses = translate(model, pairs.sources, beam=beam, length_penalty=length_penalty)
     seconds = time.perf_counter() - start
-    decoding = task.get("decoding") or {}
-    used_beam = beam or decoding.get("beam", DecodeOptions.beam)
-    used_penalty = length_penalty if length_penalty is not None else decoding.get("length_penalty",
-                                                                                   DecodeOptions.length_penalty)
+    used = decode_options(model, beam, length_penalty=length_penalty)  # what translate decoded with
     result: dict[str, Any] = {"split": split if not source_file else source_file, "sentences": len(pairs),
-                              "beam": used_beam, "length_penalty": used_penalty, "translate_seconds": seconds,
+                              "beam": used.beam, "length_penalty": used.length_penalty, "translate_seconds": seconds,
                               **sacrebleu_score(hypotheses, pairs.targets), **chrf_score(hypotheses, pairs.targets)}
     if tokenized is not None and len(tokenized) == len(hypotheses):
         result["bleu_tokenized"] = tokenized_bleu(hypotheses, tokenized, language)

@@ -43,12 +43,17 @@ def translate(model: nn.Module, sentences: list[str], beam: int | None = None, *
     return list(translate_stream(model, sentences, chunk=len(sentences) or 1, beam=beam, **options))
 
 
+def decode_options(model: nn.Module, beam: int | None = None, **options) -> DecodeOptions:
+    """The model's decoding defaults (its recipe's [decoding]) overridden by the options given (None: keep)."""
+    defaults = dict(getattr(model, "task", None) or {}).get("decoding", {})
+    return DecodeOptions(**{**defaults, **{k: v for k, v in options.items() if v is not None},
+                            **({"beam": beam} if beam is not None else {})})
+
+
 def translate_stream(model: nn.Module, lines: Iterable[str], chunk: int = 256, beam: int | None = None,
                      **options) -> Iterator[str]:
     """Translate an input stream chunk by chunk, yielding translations in input order as chunks finish."""
-    defaults = dict(getattr(model, "task", None) or {}).get("decoding", {})
-    opts = DecodeOptions(**{**defaults, **{k: v for k, v in options.items() if v is not None},
-                            **({"beam": beam} if beam is not None else {})})
+    opts = decode_options(model, beam, **options)
     if getattr(model, "source_tokenizer", None) is None or getattr(model, "target_tokenizer", None) is None:
         raise ConfigError("this model has no source and target tokenizers: it cannot translate text")
     buffer: list[str] = []
