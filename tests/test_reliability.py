@@ -271,6 +271,16 @@ def test_evaluate_writes_into_the_run_folder_where_training_does_not_delete_it(r
     assert written.exists()
 
 
+def test_beam_evaluations_at_two_length_penalties_keep_both_files(run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    for penalty in ("0.6", "1.6"):
+        code, _, err = cli("evaluate", copy, "--split", "val", "--beam", "2", "--length-penalty", penalty)
+        assert code == 0, err
+    for penalty in (0.6, 1.6):
+        assert json.loads((copy / f"evaluation-val-beam2-lp{penalty}.json").read_text())["length_penalty"] == penalty
+
+
 def test_a_hugging_face_config_with_special_ids_outside_the_vocabulary_loads(tmp_path, capsys):
     transformers = pytest.importorskip("transformers")
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=100, n_positions=32, n_embd=32, n_layer=1,
