@@ -270,10 +270,8 @@ def evaluate(args: argparse.Namespace) -> None:
     for key, value in scores.items():
         print(f"{key:20} {value:.2f}" if isinstance(value, float) else f"{key:20} {value}")
     folder = run_folder_of(args.model) or resolve(args.model)  # never inside averaged/: training replaces it
-    name = f"evaluation-{Path(str(scores['split'])).name}-beam{scores['beam']}"
-    if scores["beam"] > 1:  # the penalty changes a beam's output, so two penalties are two files
-        name += f"-lp{scores['length_penalty']:g}"
-    name += ".json"
+    penalty = f"-lp{scores['length_penalty']:g}" if scores["beam"] > 1 else ""  # it changes a beam's output
+    name = f"evaluation-{Path(str(scores['split'])).name}-beam{scores['beam']}{penalty}.json"
     out = Path(args.out) if args.out else folder / name
     out.write_text(json.dumps(scores, indent=2))
     print(f"wrote {out}")
