@@ -107,4 +107,7 @@ def test_the_layout_probe_leaves_small_weights_alone_and_answers_for_large_ones(
     from transformerkit import runtime
 
     assert runtime.transposed_weight_pays(64, 64, torch.float32) is False  # in the caches: not timed
+    runtime.transposed_weight_pays.cache_clear()
     assert runtime.transposed_weight_pays(1024, 512, torch.float32) in (True, False)  # 2 MB: timed
+    runtime.transposed_weight_pays(1024, 512, torch.float32)
+    assert runtime.transposed_weight_pays.cache_info().hits == 1  # once per process and shape
