@@ -28,10 +28,11 @@ def losses(run):
     return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
 
 
-def test_resume_continues_bit_for_bit(data_env, tmp_path):
-    recipe = tiny_recipe("training.max_steps=8", "training.eval_every=4")
+@pytest.mark.parametrize("changes", [[], ["tokenizer.dropout=0.1"]], ids=["plain", "bpe-dropout"])
+def test_resume_continues_bit_for_bit(changes, data_env, tmp_path):
+    recipe = tiny_recipe("training.max_steps=8", "training.eval_every=4", *changes)
     train_recipe(recipe, tmp_path / "straight", progress_bar=False)
-    stopped = tiny_recipe("training.max_steps=4", "training.eval_every=4")
+    stopped = tiny_recipe("training.max_steps=4", "training.eval_every=4", *changes)
     train_recipe(stopped, tmp_path / "resumed", progress_bar=False)
     saved = json.loads((tmp_path / "resumed" / "recipe.json").read_text())
     saved["training"]["max_steps"] = 8  # the user asks the stopped run for more steps

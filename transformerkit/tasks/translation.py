@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..config import Config, ModelConfig, RNNConfig, preset, require
 from ..data.batching import Seq2SeqBatch, bucket_by_tokens, seq2seq_batch
+from ..data.bpe_dropout import BPEDropout
 from ..data.datasets import Parallel, multi30k, read_parallel
 from ..data.tokenizers import encode, special_ids, train_bpe
 from ..errors import ConfigError, DataError
@@ -64,10 +65,12 @@ class TokenizerTable(Config):
     joint: bool = True  # one vocabulary for both languages (shared embeddings and output layer)
     min_frequency: int = 2
     path: str | None = None  # an existing joint tokenizer.json (an experiment shares one across models)
+    dropout: float = 0.0  # BPE-dropout on the training data (data/bpe_dropout.py): a new segmentation each epoch
 
     def validate(self) -> None:
         require(self, "vocab_size", self.vocab_size >= 8, "at least 8")
         require(self, "min_frequency", self.min_frequency >= 1, "at least 1")
+        require(self, "dropout", 0 <= self.dropout < 1, "in [0, 1)")
         require(self, "path", self.path is None or Path(self.path).is_file(), "an existing tokenizer file")
 
 
@@ -103,20 +106,36 @@ class TranslationLoss:
 
 
 class TranslationData:
-    """Tokenized sentence pairs, served as length-bucketed batches of about `batch_tokens` tokens."""
+    """Tokenized sentence pairs, served as length-bucketed batches of about `batch_tokens` tokens.
+
+    With `resegment` (BPE-dropout for the source and the target side), each epoch's pairs are segmented anew;
+    a pair whose new segmentation is longer than `limit` tokens a side keeps its deterministic one.
+    """
 
     def __init__(self, sources: list[list[int]], targets: list[list[int]], batch_tokens: int, seed: int,
-                 pad_id: int, bos_id: int, eos_id: int):
+                 pad_id: int, bos_id: int, eos_id: int, resegment: tuple[BPEDropout, BPEDropout] | None = None,
+                 limit: int | None = None):
         self.sources, self.targets = sources, targets
         self.batch_tokens, self.seed = batch_tokens, seed
         self.special = dict(pad_id=pad_id, bos_id=bos_id, eos_id=eos_id)
-        self.lengths = [max(len(s), len(t)) + 1 for s, t in zip(sources, targets)]
+        self.resegment, self.limit = resegment, limit
         self._cache: tuple[int, list[Seq2SeqBatch]] | None = None
+
+    def pairs(self, epoch: int) -> tuple[list[list[int]], list[list[int]]]:
+        """The (sources, targets) token ids of this epoch."""
+        if self.resegment is None:
+            return self.sources, self.targets
+        sampled = [side.sample(epoch) for side in self.resegment]
+        fits = [max(len(s), len(t)) <= (self.limit or float("inf")) for s, t in zip(*sampled)]
+        return tuple([new if ok else old for new, old, ok in zip(sampled[k], kept, fits)]
+                     for k, kept in enumerate((self.sources, self.targets)))
 
     def batches(self, epoch: int) -> list[Seq2SeqBatch]:
         if self._cache is None or self._cache[0] != epoch:
-            groups = bucket_by_tokens(self.lengths, self.batch_tokens, self.seed, epoch)
-            self._cache = (epoch, [seq2seq_batch([self.sources[i] for i in g], [self.targets[i] for i in g], g,
+            sources, targets = self.pairs(epoch)
+            lengths = [max(len(s), len(t)) + 1 for s, t in zip(sources, targets)]
+            groups = bucket_by_tokens(lengths, self.batch_tokens, self.seed, epoch)
+            self._cache = (epoch, [seq2seq_batch([sources[i] for i in g], [targets[i] for i in g], g,
                                                  **self.special) for g in groups])
         return self._cache[1]
 
@@ -149,8 +168,13 @@ def prepare(recipe: dict[str, Any], run_dir: Path, resume: bool = False, init: n
     if not keep:
         raise DataError(f"no training pair has at most {limit} tokens a side ([data] max_sentence_tokens): "
                         "nothing is left to train on")
+    resegment = None
+    if tables["tokenizer"].dropout > 0:
+        p, seed = tables["tokenizer"].dropout, train_config.seed
+        resegment = (BPEDropout(model.source_tokenizer, [train.sources[i] for i in keep], p, seed),
+                     BPEDropout(model.target_tokenizer, [train.targets[i] for i in keep], p, seed + 1))
     train_data = TranslationData([sources[i] for i in keep], [targets[i] for i in keep], data.batch_tokens,
-                                 train_config.seed, config.pad_id, config.bos_id, config.eos_id)
+                                 train_config.seed, config.pad_id, config.bos_id, config.eos_id, resegment, limit)
     n_val = data.val_sentences or len(val)
     evaluate = make_evaluator(val.sources[:n_val], val.targets[:n_val], data.batch_tokens, device)
     return Setup(model, train_data, TranslationLoss(label_smoothing), train_config, evaluate, "val_bleu", floor=1.0)
