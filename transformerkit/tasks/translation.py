@@ -8,6 +8,7 @@ separate vocabularies), [model] (a preset and any ModelConfig fields), [training
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal
@@ -125,10 +126,11 @@ class TranslationData:
         """The (sources, targets) token ids of this epoch."""
         if self.resegment is None:
             return self.sources, self.targets
-        sampled = [side.sample(epoch) for side in self.resegment]
-        fits = [max(len(s), len(t)) <= (self.limit or float("inf")) for s, t in zip(*sampled)]
-        return tuple([new if ok else old for new, old, ok in zip(sampled[k], kept, fits)]
-                     for k, kept in enumerate((self.sources, self.targets)))
+        sources, targets = (side.sample(epoch) for side in self.resegment)
+        limit = self.limit or math.inf
+        fits = [max(len(s), len(t)) <= limit for s, t in zip(sources, targets)]
+        return ([s if ok else old for s, old, ok in zip(sources, self.sources, fits)],
+                [t if ok else old for t, old, ok in zip(targets, self.targets, fits)])
 
     def batches(self, epoch: int) -> list[Seq2SeqBatch]:
         if self._cache is None or self._cache[0] != epoch:
