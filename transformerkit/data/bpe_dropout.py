@@ -83,7 +83,8 @@ class BPEDropout:
         self.lengths = np.array(lengths, dtype=np.int64)
         self.starts = np.cumsum(self.lengths) - self.lengths
         self.words = np.array([w for ws in sentence_words for w in ws], dtype=np.int64)  # every word, in order
-        self.sentence_ends = np.cumsum([len(ws) for ws in sentence_words])  # (N,) one past each text's last word
+        # (N,) one past each text's last word
+        self.sentence_ends = np.cumsum([len(ws) for ws in sentence_words], dtype=np.int64)
 
     def sample(self, epoch: int) -> list[list[int]]:
         """Each text's token ids in this epoch's segmentation."""
@@ -95,4 +96,4 @@ class BPEDropout:
         offsets = np.arange(ends[-1] if len(ends) else 0) - np.repeat(ends - lengths, lengths)
         flat = self.tokens[np.repeat(self.starts[chosen], lengths) + offsets]
         cuts = np.concatenate([[0], ends])[self.sentence_ends]  # token index where each text ends
-        return [part.tolist() for part in np.split(flat, cuts[:-1])]
+        return [part.tolist() for part in np.split(flat, cuts[:-1])] if len(cuts) else []
