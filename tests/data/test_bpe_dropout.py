@@ -11,7 +11,7 @@ from transformerkit.tasks.translation import TranslationData
 
 TEXTS = ["Zwei junge Männer sind im Freien in der Nähe vieler Büsche.", "Two young men are outside near bushes.",
          "Ein Hund läuft, schnell!  Sehr schnell...", "A dog runs, fast! ﬁne ½ café", "Mehrere Männer mit Helmen."] * 8
-UNSEEN = ["Ein Zebra (unbekannt) läuft — 42 × schneller?", "", "   ", "Qxz Ωmega"]
+UNSEEN = ["Ein Zebra (unbekannt) läuft — 42 × schneller?", "", "   ", "Qxz Ωmega", "lone \ud800 surrogate"]
 
 
 @pytest.fixture(scope="module")

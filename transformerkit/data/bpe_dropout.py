@@ -22,6 +22,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from ..errors import ConfigError
+from .tokenizers import clean_text
 
 
 def bpe_merges(tokenizer: Tokenizer) -> tuple[dict[str, int], dict[tuple[str, str], int], int]:
@@ -68,6 +69,7 @@ class BPEDropout:
         words: dict[str, int] = {}  # each distinct word, numbered in order of first appearance
         sentence_words = []
         for text in texts:
+            text = clean_text(text)  # as encode() does
             text = normalizer.normalize_str(text) if normalizer is not None else text
             pieces = pre_tokenizer.pre_tokenize_str(text) if pre_tokenizer is not None else [(text, None)]
             sentence_words.append([words.setdefault(piece, len(words)) for piece, _ in pieces])
