@@ -102,11 +102,32 @@ def test_weights_sum_to_one_and_are_zero_where_masked():
     assert (weights[1, :, :, 3:] == 0).all()
 
 
+@pytest.mark.parametrize("kind", ["padding", "causal", "both"])
+def test_written_out_gradients_equal_the_formula_s_under_masks(kind):
+    """The mask is added to the scores as 0 / -inf: the gradients must be those of the formula with masked
+    scores, and keys that are padding get none at all."""
+    q, k, v = (t.double().requires_grad_() for t in qkv(Tq=6, Tk=6))
+    key_mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    mask, is_causal = attention_mask(key_mask if kind != "causal" else None, 6, 6, causal=kind != "padding")
+    out, _ = scaled_dot_product_attention(q, k, v, mask, is_causal)
+    allowed = causal_mask(6, 6) if is_causal else mask
+    expected = (q @ k.transpose(-2, -1) / 8**0.5).masked_fill(~allowed, float("-inf")).softmax(dim=-1) @ v
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    torch.testing.assert_close(out, expected)
+    for grad, expected_grad in zip(grads, torch.autograd.grad(expected, (q, k, v), grad_out)):
+        torch.testing.assert_close(grad, expected_grad)
+    if kind != "causal":
+        assert (grads[1][1, :, 4:] == 0).all() and (grads[2][1, :, 4:] == 0).all()
+
+
+@pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_bfloat16_attention_keeps_the_query_gradient_while_attention_is_still_uniform(seed):
+def test_bfloat16_attention_keeps_the_query_gradient_while_attention_is_still_uniform(seed, causal):
     """A cross-attention that has not learned yet: keys (and values) nearly alike, so the softmax is flat and
     the queries' true gradient is small. A bfloat16 softmax rounds its weights, and its backward then leaves
-    an error 20-50x that gradient; computed in float32 the error stays below it (0.4x here)."""
+    an error 20-50x that gradient; computed in float32 the error stays below it (0.4x here). With a mask the
+    scores become float32 where the mask is added: the same must hold."""
     torch.manual_seed(seed)
     B, H, Tq, Tk, D = 2, 2, 8, 25, 32
     q = 6 * torch.randn(B, H, Tq, D, dtype=torch.float64)
@@ -116,7 +137,7 @@ def test_bfloat16_attention_keeps_the_query_gradient_while_attention_is_still_un
 
     def query_grad(dtype):
         query = q.to(dtype, copy=True).requires_grad_()
-        out, _ = scaled_dot_product_attention(query, k.to(dtype), v.to(dtype))
+        out, _ = scaled_dot_product_attention(query, k.to(dtype), v.to(dtype), is_causal=causal)
         out.backward(grad_out.to(dtype))
         return query.grad.double()
 

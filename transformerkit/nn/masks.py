@@ -41,6 +41,11 @@ def attention_mask(
     return mask | ~mask.any(dim=-1, keepdim=True), False
 
 
+def to_additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """A boolean mask -> 0 where True, -inf where False, in `dtype`: added to attention scores, it masks them."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+
+
 def to_key_padding(mask: Tensor) -> Tensor:
     """(B, Tk) True = real token -> `nn.MultiheadAttention`'s key_padding_mask, True = ignore."""
     return ~mask
