@@ -103,7 +103,7 @@ def test_weights_sum_to_one_and_are_zero_where_masked():
 
 
 @pytest.mark.parametrize("kind", ["padding", "causal", "both"])
-def test_written_out_gradients_equal_the_formula_s_under_masks(kind):
+def test_written_out_gradients_equal_the_formulas_under_masks(kind):
     """The mask is added to the scores as 0 / -inf: the gradients must be those of the formula with masked
     scores, and keys that are padding get none at all."""
     q, k, v = (t.double().requires_grad_() for t in qkv(Tq=6, Tk=6))
