@@ -129,10 +129,10 @@ class PrefixState:
         self.prefixes = [self.prefixes[i] for i in index.tolist()]
 
 
-def naive_beam(log_probs, beam, max_len, alpha, min_len=0):
+def naive_beam(log_probs, eos, beam, max_len, alpha, min_len=0):
     """Beam search as beam_search's docstring tells it, for one sentence: every candidate of every live
     hypothesis ranked in Python; log_probs(tokens) gives the next token's log-probabilities as a list."""
-    eos, live, finished = PrefixModel.config.eos_id, [(0.0, [])], []  # (score, tokens)
+    live, finished = [(0.0, [])], []  # (score, tokens)
     for t in range(max_len):
         candidates = []
         for b, (score, tokens) in enumerate(live):
@@ -157,9 +157,10 @@ def test_beam_search_equals_a_naive_one(beam, alpha, min_len):
     """The batched search (each beam's best 2K tokens only, rows leaving the batch as they finish) keeps exactly
     the hypotheses that ranking every candidate of every beam keeps."""
     model, B = PrefixModel(), 300
+    start, eos = model.config.start_id, model.config.eos_id
     limits = torch.arange(B) % 8 + 2  # (B,) each row's own limit
-    ours = beam_search(model, PrefixState(B), torch.full((B,), 1), beam, limits, alpha, min_len)
-    naive = [naive_beam(lambda tokens: model.logits([row, 1, *tokens]).log_softmax(-1).tolist(), beam,
+    ours = beam_search(model, PrefixState(B), torch.full((B,), start), beam, limits, alpha, min_len)
+    naive = [naive_beam(lambda tokens: model.logits([row, start, *tokens]).log_softmax(-1).tolist(), eos, beam,
                         int(limits[row]), alpha, min_len) for row in range(B)]
     assert ours == naive
     assert len({len(out) for out in ours}) >= 4  # hypotheses ended at many lengths
@@ -177,7 +178,7 @@ def test_beam_search_with_a_real_model_equals_the_naive_one():
 
     with torch.no_grad():
         ours = decode_sources(model, source, mask, 9, beam=4, alpha=0.6)
-        naive = [naive_beam(log_probs(i), 4, 9, 0.6) for i in range(source.shape[0])]
+        naive = [naive_beam(log_probs(i), model.config.eos_id, 4, 9, 0.6) for i in range(source.shape[0])]
     assert ours == naive
 
 
