@@ -96,7 +96,7 @@ def load_for_inference(args: argparse.Namespace, say: bool = False, expect=None)
     `expect(model)` refuses a model the command cannot use, before anything is said."""
     import torch
 
-    from .loading import load
+    from .loading import decoding_layout, load
     from .runtime import choose_precision, threads_line
 
     quantize = getattr(args, "quantize", "none")
@@ -108,6 +108,8 @@ def load_for_inference(args: argparse.Namespace, say: bool = False, expect=None)
     precision = choose_precision(args.dtype, device, width)
     if precision.bf16:
         model.to(torch.bfloat16)
+        if device.type == "cpu" and getattr(model, "quantization", None) is None:
+            decoding_layout(model)  # chosen again for bfloat16
     if getattr(args, "compile", False):
         from .nn.block import compile_blocks
 

@@ -14,6 +14,7 @@ from torch import nn
 from . import runtime
 from .errors import CheckpointError, ConfigError
 from .interop import huggingface
+from .nn.linear import Linear
 from .quantize import join_projections, quantization_of, quantize_model
 from .runtime import best_device
 from .training.checkpoint import attach_tokenizers, is_checkpoint, load_weights, read_checkpoint
@@ -69,7 +70,7 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None, dtyp
          quantize: str | None = None, for_training: bool = False) -> nn.Module:
     """Read a model for inference (eval mode) onto `device` (default: the best available) in `dtype`.
 
-    On a CPU, each large float linear weight is stored the way this machine streams fastest for one token at a
+    On a CPU, each float linear weight is stored the way this machine multiplies fastest by one token at a
     time (decoding_layout). for_training: train mode with every weight in nn.Linear's own layout instead, for
     fine-tuning (`train --init`).
 
@@ -108,17 +109,26 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None, dtyp
 
 
 def decoding_layout(model: nn.Module) -> None:
-    """Re-stride the linear weights that this machine multiplies faster by one token when stored transposed
-    (runtime.transposed_weight_pays): the same values and shapes, only the order in memory changes, so every
-    result is the same up to float rounding. Decoding reads every weight once a token, so its speed is the
-    rate the weights stream at. Checkpoints and exports write contiguous copies; quantizing reads one too."""
+    """Store each float linear weight the way this machine multiplies one token by it fastest
+    (runtime.decoding_layout_choice): re-strided (the same values and shapes, only the order in memory changes)
+    or with a packed copy beside it (nn/linear.py), so every result is the same up to float rounding. Decoding
+    reads every weight once a token, so its speed is the rate the weights stream at. Checkpoints and exports
+    write contiguous copies; quantizing reads one too. Called again after a change of dtype, it chooses afresh."""
+    seen = set()  # a tied weight is met once per layer that holds it
     for module in model.modules():
-        if not isinstance(module, nn.Linear):
+        if not isinstance(module, nn.Linear) or id(module.weight) in seen:
             continue
-        weight = module.weight  # a tied weight is met twice: the second time it is no longer contiguous
-        if (weight.is_contiguous() and weight.dtype in (torch.float32, torch.bfloat16)
-                and runtime.transposed_weight_pays(*weight.shape, weight.dtype)):
+        weight = module.weight
+        seen.add(id(weight))
+        if weight.dtype not in (torch.float32, torch.bfloat16):
+            continue
+        if not weight.is_contiguous():  # the layout chosen for another dtype
+            weight.data = weight.data.contiguous()
+        layout = runtime.decoding_layout_choice(*weight.shape, weight.dtype)
+        if layout == "transposed":
             weight.data = weight.data.t().contiguous().t()  # (out, in) shape, (in, out) in memory
+        elif layout == "packed" and isinstance(module, Linear):
+            module.pack()
 
 
 def finish_quantized(model: nn.Module, kind: str | None) -> None:

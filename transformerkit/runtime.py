@@ -81,26 +81,32 @@ def native_bf16(device: torch.device | str = "cpu") -> bool:
     return False
 
 
+def _fastest(fn, repeats: int = 5, device_type: str = "cpu") -> float:
+    """The best of `repeats` timed calls of fn, after one untimed call (kernel selection, allocations)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if device_type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
 @lru_cache(maxsize=None)
 def bf16_speedup(width: int, device_type: str = "cpu") -> float:
-    """float32 time / bfloat16 time of a feed-forward-sized matmul at this model width: a probe of a few
-    milliseconds, run once per process and width. Above 1, bfloat16 is faster here."""
+    """float32 time / bfloat16 time of a feed-forward-sized matmul at this model width, each through the library
+    the layers would use (nn/linear.py): a probe of a few milliseconds, run once per process and width. Above 1,
+    bfloat16 is faster here."""
+    from .nn.linear import linear  # float32 as the layers run it (oneDNN where that pays here)
+
     rows, inner = 1024, max(64, width)
     x = torch.randn(rows, inner, device=device_type)
-    w = torch.randn(inner, 4 * inner, device=device_type)
-
-    def best(a: torch.Tensor, b: torch.Tensor) -> float:
-        a @ b  # warm up (allocations, kernel selection)
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
-            a @ b
-            if device_type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    return best(x, w) / best(x.bfloat16(), w.bfloat16())
+    w = torch.randn(4 * inner, inner, device=device_type)
+    xb, wb = x.bfloat16(), w.bfloat16()
+    return (_fastest(lambda: linear(x, w), device_type=device_type)
+            / _fastest(lambda: linear(xb, wb), device_type=device_type))
 
 
 @lru_cache(maxsize=None)
@@ -115,49 +121,71 @@ def quantized_kernel(width: int) -> tuple[torch.dtype, float]:
     weight = torch.randn(4 * width, width) * 0.02
     layer = Int4Linear.from_float(weight, 32)
 
-    def best(fn) -> float:
-        fn()
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return min(times)
-
     x = torch.randn(1, width)
-    dense = best(lambda: torch.nn.functional.linear(x, weight))
-    timed = {dtype: best(lambda: layer(x.to(dtype))) for dtype in (torch.float32, torch.bfloat16)}
+    dense = _fastest(lambda: torch.nn.functional.linear(x, weight))
+    timed = {dtype: _fastest(lambda: layer(x.to(dtype))) for dtype in (torch.float32, torch.bfloat16)}
     dtype = min(timed, key=timed.get)
     return dtype, dense / timed[dtype]
 
 
 @lru_cache(maxsize=None)
-def transposed_weight_pays(out_features: int, in_features: int, dtype: torch.dtype) -> bool:
-    """Whether one token through an (out, in) linear layer runs faster with its weight stored transposed (rows of
-    `out` values in memory, as transformers' Conv1D keeps GPT-2's) than in nn.Linear's (out, in) rows, on this
-    machine. Decoding a token is one matrix-vector product per layer, bound by how fast the weights stream from
-    memory, and the BLAS streams the two layouts at different rates: on an AMD EPYC (AVX-512), float32, 16.5
-    against 21.7 GB/s for 3072x768 and 16.8 against 28.5 for GPT-2's 50257x768 output layer, but 22.0 against
-    18.2 for 768x3072. Timed on a pool of such weights larger than the caches, once per process, shape and
-    dtype (tens of milliseconds); a layout must win by 5% to be chosen."""
-    size = out_features * in_features * torch.empty((), dtype=dtype).element_size()
-    if size < _LAYOUT_MIN_BYTES:
-        return False
-    count = max(1, min(32, _LAYOUT_POOL_BYTES // size))
-    as_linear = [torch.full((out_features, in_features), 0.01, dtype=dtype) for _ in range(count)]
-    transposed = [torch.full((in_features, out_features), 0.01, dtype=dtype).t() for _ in range(count)]
-    x = torch.full((1, in_features), 0.01, dtype=dtype)
+def decoding_layout_choice(out_features: int, in_features: int, dtype: torch.dtype) -> str:
+    """How this machine runs one token through an (out, in) linear layer fastest: with the weight in nn.Linear's
+    (out, in) rows ("linear"), stored transposed ("transposed": rows of `out` values, as transformers' Conv1D
+    keeps GPT-2's), or with a copy packed into oneDNN's own blocked layout ("packed", see nn/linear.py).
 
-    def best(weights: list[torch.Tensor]) -> float:
+    Decoding a token is one matrix-vector product per layer, bound by how fast the weights stream from memory
+    and by each call's fixed cost, and these differ by layout. Measured on an AMD EPYC (AVX-512 bf16), float32:
+    the BLAS streamed 16.5 against 21.7 GB/s for 3072x768 transposed, 16.8 against 28.5 for GPT-2's 50257x768
+    output layer, but 22.0 against 18.2 for 768x3072. In bfloat16, oneDNN re-packs a plain weight at every call:
+    a packed copy took 67 us against 135 for 3072x768 and 11.5 against 15 for 512x128 (one thread), and
+    greedy decoding went from 53 to 96 tokens/s at GPT-2 small's size, from 393 to 605 at the character
+    model's. Timed on a pool of such weights larger than the caches (transposing is only tried at 1 MB and up:
+    smaller weights sit in the caches, where it was not seen to matter), once per process, shape and dtype
+    (tens of milliseconds); a layout must win by 5% to be chosen."""
+    from .nn.linear import can_pack_weights, pack_weight
+
+    size = out_features * in_features * torch.empty((), dtype=dtype).element_size()
+    count = max(1, min(32, _LAYOUT_POOL_BYTES // size))
+    x = torch.full((1, in_features), 0.01, dtype=dtype)
+    linear = torch.nn.functional.linear
+    pools = {"linear": [torch.full((out_features, in_features), 0.01, dtype=dtype) for _ in range(count)]}
+    runs = {"linear": lambda weight: linear(x, weight)}
+    if size >= _LAYOUT_MIN_BYTES:
+        pools["transposed"] = [torch.full((in_features, out_features), 0.01, dtype=dtype).t() for _ in range(count)]
+        runs["transposed"] = runs["linear"]
+    if can_pack_weights():
+        pools["packed"] = [pack_weight(weight) for weight in pools["linear"]]
+        runs["packed"] = lambda packed: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+
+    def best(layout: str) -> float:
         times = []
         for _ in range(3):  # the first pass warms up (kernel selection, page faults)
             start = time.perf_counter()
-            for weight in weights:
-                torch.nn.functional.linear(x, weight)
+            for weight in pools[layout]:
+                runs[layout](weight)
             times.append(time.perf_counter() - start)
         return min(times[1:])
 
-    return best(transposed) < 0.95 * best(as_linear)
+    timed = {layout: best(layout) for layout in pools}
+    fastest = min(timed, key=timed.get)
+    return fastest if timed[fastest] < 0.95 * timed["linear"] else "linear"
+
+
+@lru_cache(maxsize=None)
+def onednn_matmul_pays() -> bool:
+    """Whether float32 matrix products run faster through oneDNN than through PyTorch's default CPU library
+    (MKL) on this machine (nn/linear.py says why they can differ). Timed once per process on a product the size
+    of a small model's training step (512 x 384 @ 384 x 1536: a few milliseconds); oneDNN must win by 10%."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        onednn = torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):  # a build without the op
+        return False
+    x, weight = torch.full((512, 384), 0.01), torch.full((1536, 384), 0.01)
+    default = _fastest(lambda: torch.nn.functional.linear(x, weight), repeats=3)
+    return _fastest(lambda: onednn(x, weight, None, "none", [], ""), repeats=3) < 0.9 * default
 
 
 def choose_precision(requested: str = "auto", device: torch.device | str = "cpu", width: int = 256) -> Precision:

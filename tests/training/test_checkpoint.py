@@ -5,6 +5,7 @@ import torch
 
 import transformerkit as tk
 from transformerkit import CheckpointError
+from transformerkit.nn.linear import Linear, can_pack_weights
 from transformerkit.training.checkpoint import atomic_folder
 
 
@@ -78,24 +79,32 @@ def test_dtype_and_device(tmp_path):
     assert model.lm_head.weight.dtype == torch.bfloat16 and not model.training
 
 
-def test_load_re_strides_the_weights_the_probe_picks_and_nothing_downstream_notices(tmp_path, monkeypatch):
-    """The decoding layout with the probe's answer injected: every linear weight stored transposed, the same
-    logits, and saving, quantizing and loading for training read the weights as nn.Linear keeps them."""
+@pytest.mark.parametrize("layout", ["transposed", "packed"])
+def test_load_stores_the_weights_as_the_probe_picks_and_nothing_downstream_notices(tmp_path, monkeypatch, layout):
+    """The decoding layout with the probe's answer injected: every linear weight stored transposed, or packed
+    beside it, the same logits, and saving, quantizing and loading for training read the weights as nn.Linear
+    keeps them."""
     from transformerkit import runtime
     from transformerkit.quantize import quantize_model
 
+    if layout == "packed" and not can_pack_weights():
+        pytest.skip("a PyTorch build without oneDNN's packed weights")
     model = tk.build_model(tk.preset("gpt-tiny")).eval()
     tk.save(model, tmp_path / "ckpt")
-    monkeypatch.setattr(runtime, "transposed_weight_pays", lambda out_features, in_features, dtype: True)
+    monkeypatch.setattr(runtime, "decoding_layout_choice", lambda out_features, in_features, dtype: layout)
     loaded = tk.load(tmp_path / "ckpt", device="cpu")
-    linears = [m.weight for m in loaded.modules() if isinstance(m, torch.nn.Linear)]
-    assert linears and all(w.t().is_contiguous() and not w.is_contiguous() for w in linears)
+    layers = [m for m in loaded.modules() if isinstance(m, torch.nn.Linear)]
+    if layout == "transposed":
+        assert layers and all(m.weight.t().is_contiguous() and not m.weight.is_contiguous() for m in layers)
+    else:
+        assert layers and all(m.packed is not None and m.weight.is_contiguous() for m in layers)
     ids = torch.randint(0, model.config.vocab_size, (2, 9))
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids), model(ids), rtol=0, atol=1e-5)
     tk.save(loaded, tmp_path / "again")  # safetensors writes contiguous copies
     trainable = tk.load(tmp_path / "again", device="cpu", for_training=True)
     assert trainable.training and all(p.is_contiguous() for p in trainable.parameters())
+    assert all(m.packed is None for m in trainable.modules() if isinstance(m, Linear))
     for a, b in zip(model.state_dict().values(), trainable.state_dict().values()):
         assert torch.equal(a, b)
     ours, reference = quantize_model(loaded, "int8"), quantize_model(trainable, "int8")
@@ -103,11 +112,33 @@ def test_load_re_strides_the_weights_the_probe_picks_and_nothing_downstream_noti
         assert torch.equal(a, b) and a.is_contiguous()
 
 
-def test_the_layout_probe_leaves_small_weights_alone_and_answers_for_large_ones():
+def test_the_layout_is_chosen_again_after_a_change_of_dtype(tmp_path, monkeypatch):
+    """As `--dtype bf16` does: loaded in float32 (transposed, say), then cast and laid out for bfloat16."""
+    from transformerkit import runtime
+    from transformerkit.loading import decoding_layout
+
+    if not can_pack_weights():
+        pytest.skip("a PyTorch build without oneDNN's packed weights")
+    model = tk.build_model(tk.preset("gpt-tiny")).eval()
+    tk.save(model, tmp_path / "ckpt")
+    choice = {torch.float32: "transposed", torch.bfloat16: "packed"}
+    monkeypatch.setattr(runtime, "decoding_layout_choice", lambda out_features, in_features, dtype: choice[dtype])
+    loaded = tk.load(tmp_path / "ckpt", device="cpu")
+    layers = [m for m in loaded.modules() if isinstance(m, torch.nn.Linear)]
+    assert all(not m.weight.is_contiguous() and m.packed is None for m in layers)
+    loaded.to(torch.bfloat16)
+    decoding_layout(loaded)
+    assert all(m.weight.is_contiguous() and m.packed is not None and m.packed.dtype == torch.bfloat16 for m in layers)
+    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids), model.to(torch.bfloat16)(ids), rtol=0, atol=0)
+
+
+def test_the_layout_probe_tries_transposing_large_weights_only_and_answers_once_per_shape():
     from transformerkit import runtime
 
-    assert runtime.transposed_weight_pays(64, 64, torch.float32) is False  # in the caches: not timed
-    runtime.transposed_weight_pays.cache_clear()
-    assert runtime.transposed_weight_pays(1024, 512, torch.float32) in (True, False)  # 2 MB: timed
-    runtime.transposed_weight_pays(1024, 512, torch.float32)
-    assert runtime.transposed_weight_pays.cache_info().hits == 1  # once per process and shape
+    runtime.decoding_layout_choice.cache_clear()
+    assert runtime.decoding_layout_choice(64, 64, torch.float32) in ("linear", "packed")  # in the caches
+    assert runtime.decoding_layout_choice(1024, 512, torch.float32) in ("linear", "transposed", "packed")  # 2 MB
+    runtime.decoding_layout_choice(1024, 512, torch.float32)
+    assert runtime.decoding_layout_choice.cache_info().hits == 1  # once per process and shape

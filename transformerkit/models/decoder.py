@@ -12,6 +12,7 @@ from ..config import ModelConfig
 from ..errors import ConfigError
 from ..nn import DecodeState, TokenEmbedding, TransformerStack
 from ..nn.init import init_weights
+from ..nn.linear import Linear
 from ..nn.masks import real_tokens
 
 
@@ -26,7 +27,7 @@ class DecoderOnly(nn.Module):
         self.config = config
         tokens = TokenEmbedding(config.vocab_size, config.d_model, config.scale_embeddings)
         self.decoder = TransformerStack(config, config.n_layers, causal=True, cross_attention=False, tokens=tokens)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=config.output_bias)
+        self.lm_head = Linear(config.d_model, config.vocab_size, bias=config.output_bias)
         init_weights(self, config)
         self.tie_weights()
         self.tokenizer = None  # a `tokenizers.Tokenizer`, when the model came with one

@@ -18,6 +18,7 @@ from ..nn import TokenEmbedding, TransformerStack
 from ..nn.dropout import Dropout
 from ..nn.feedforward import ACTIVATIONS
 from ..nn.init import init_weights
+from ..nn.linear import Linear
 from ..nn.masks import real_tokens
 from ..nn.norm import make_norm
 
@@ -27,10 +28,10 @@ class MLMHead(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.dense = nn.Linear(config.d_model, config.d_model)
+        self.dense = Linear(config.d_model, config.d_model)
         self.act = ACTIVATIONS[config.activation]
         self.norm = make_norm(config)
-        self.output = nn.Linear(config.d_model, config.vocab_size, bias=config.output_bias)
+        self.output = Linear(config.d_model, config.vocab_size, bias=config.output_bias)
 
     def transform(self, hidden: Tensor) -> Tensor:
         """(..., C) -> (..., C): what the output layer reads."""
@@ -50,9 +51,9 @@ class EncoderOnly(nn.Module):
         self.config = config
         tokens = TokenEmbedding(config.vocab_size, config.d_model, config.scale_embeddings)
         self.encoder = TransformerStack(config, config.n_layers, causal=False, cross_attention=False, tokens=tokens)
-        self.pooler = nn.Linear(config.d_model, config.d_model) if config.pooler else None
+        self.pooler = Linear(config.d_model, config.d_model) if config.pooler else None
         self.mlm_head = MLMHead(config) if config.mlm_head else None
-        self.classifier = nn.Linear(config.d_model, config.n_classes) if config.n_classes else None
+        self.classifier = Linear(config.d_model, config.n_classes) if config.n_classes else None
         self.dropout = Dropout(config.dropout)
         init_weights(self, config)
         self.tie_weights()

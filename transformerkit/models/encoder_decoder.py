@@ -13,6 +13,7 @@ from ..config import ModelConfig
 from ..errors import ConfigError
 from ..nn import DecodeState, TokenEmbedding, TransformerStack
 from ..nn.init import init_weights
+from ..nn.linear import Linear
 from ..nn.masks import real_tokens
 
 
@@ -30,7 +31,7 @@ class EncoderDecoder(nn.Module):
             config.output_vocab_size, config.d_model, config.scale_embeddings)
         self.encoder = TransformerStack(config, config.n_layers, causal=False, cross_attention=False, tokens=source)
         self.decoder = TransformerStack(config, config.decoder_layers, causal=True, cross_attention=True, tokens=target)
-        self.lm_head = nn.Linear(config.d_model, config.output_vocab_size, bias=config.output_bias)
+        self.lm_head = Linear(config.d_model, config.output_vocab_size, bias=config.output_bias)
         init_weights(self, config)
         self.tie_weights()
         self.source_tokenizer = None  # `tokenizers.Tokenizer`s, when the model came with them (may be one object)

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from ..config import RNNConfig
 from ..errors import ConfigError
 from ..nn.dropout import Dropout
+from ..nn.linear import Linear
 
 
 class AdditiveAttention(nn.Module):
@@ -34,9 +35,9 @@ class AdditiveAttention(nn.Module):
 
     def __init__(self, decoder_size: int, encoder_size: int, size: int):
         super().__init__()
-        self.query = nn.Linear(decoder_size, size, bias=False)
-        self.key = nn.Linear(encoder_size, size)
-        self.v = nn.Linear(size, 1, bias=False)
+        self.query = Linear(decoder_size, size, bias=False)
+        self.key = Linear(encoder_size, size)
+        self.v = Linear(size, 1, bias=False)
 
     def forward(self, query: Tensor, keys: Tensor, projected_keys: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """query (B, Hd), keys (B, S, He), projected_keys = key(keys), mask (B, S)
@@ -93,7 +94,7 @@ class RNNSeq2Seq(nn.Module):
         self.encoder = rnn(E, H, L, batch_first=True, dropout=between, bidirectional=c.attention)
         encoded = 2 * H if c.attention else H  # width of one source state (memory)
         context = encoded if c.attention or c.cell == "gru" else 0  # what every decoder step also reads
-        self.bridge = nn.Linear(encoded, H) if c.attention else None  # bidirectional final states -> decoder start
+        self.bridge = Linear(encoded, H) if c.attention else None  # bidirectional final states -> decoder start
         self.attention = AdditiveAttention(H, encoded, H) if c.attention else None
         self.decoder = rnn(E + context, H, L, batch_first=True, dropout=between)
         self.dropout = Dropout(c.dropout)
@@ -101,8 +102,8 @@ class RNNSeq2Seq(nn.Module):
         features = H + context + (E if context else 0)  # the decoder state, and the context and input token
         # Bahdanau et al.'s deep output: pairs of units, the larger of each kept, so the output layer (the
         # costliest matmul of a step) reads maxout_size values, not all the features
-        self.maxout = nn.Linear(features, 2 * c.maxout_size) if c.maxout_size else None
-        self.lm_head = nn.Linear(c.maxout_size or features, c.output_vocab_size)
+        self.maxout = Linear(features, 2 * c.maxout_size) if c.maxout_size else None
+        self.lm_head = Linear(c.maxout_size or features, c.output_vocab_size)
         self.source_tokenizer = self.target_tokenizer = None
 
     # ------------------------------------------------------------------------------------------ encoding

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from .kv_cache import KVCache
+from .linear import Linear
 from .masks import causal_mask, to_additive
 from .quantized import project
 from .rope import apply_rotary
@@ -112,10 +113,10 @@ class MultiHeadAttention(nn.Module):
         super().__init__()
         C, H, Hkv, D = config.d_model, config.n_heads, config.kv_heads, config.d_head
         self.n_heads, self.n_kv_heads, self.head_dim = H, Hkv, D
-        self.q_proj = nn.Linear(C, H * D, bias=config.bias)
-        self.k_proj = nn.Linear(C, Hkv * D, bias=config.bias)
-        self.v_proj = nn.Linear(C, Hkv * D, bias=config.bias)
-        self.o_proj = nn.Linear(H * D, C, bias=config.bias)
+        self.q_proj = Linear(C, H * D, bias=config.bias)
+        self.k_proj = Linear(C, Hkv * D, bias=config.bias)
+        self.v_proj = Linear(C, Hkv * D, bias=config.bias)
+        self.o_proj = Linear(H * D, C, bias=config.bias)
         self.dropout_p = config.attention_dropout
         self.scale = None if config.scale_attention else 1.0  # None: the kernels' 1 / sqrt(D)
         self.record_weights = False  # set by viz.record_attention: keep the last weights in self.weights

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ModelConfig
+from .linear import Linear
 from .quantized import project
 
 ACTIVATIONS = {
@@ -21,9 +22,9 @@ class FeedForward(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         C, F_ = config.d_model, config.d_ff
-        self.gate_proj = nn.Linear(C, F_, bias=config.bias) if config.activation == "swiglu" else None
-        self.up_proj = nn.Linear(C, F_, bias=config.bias)
-        self.down_proj = nn.Linear(F_, C, bias=config.bias)
+        self.gate_proj = Linear(C, F_, bias=config.bias) if config.activation == "swiglu" else None
+        self.up_proj = Linear(C, F_, bias=config.bias)
+        self.down_proj = Linear(F_, C, bias=config.bias)
         self.act = F.silu if self.gate_proj is not None else ACTIVATIONS[config.activation]
 
     def forward(self, x: Tensor) -> Tensor:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..nn.linear import add_linear, linear
+
 CHUNK_ELEMENTS = 1 << 21  # logits per chunk: 8 MB in float32 (262 rows of an 8,000-word vocabulary, raised to MIN_ROWS)
 # Every chunk also reads and writes the whole weight gradient (V x C: 154 MB for GPT-2's 50,257 x 768), so a
 # chunk needs enough rows for its matmuls to outweigh that: with 8 MB chunks GPT-2 would get 41 rows and
@@ -43,7 +45,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, N, rows):
             h = hidden[start:start + rows].to(compute_dtype)  # (n, C)
             y = target[start:start + rows]  # (n,)
-            logits = (h @ w.t()).to(exact)  # (n, V)
+            logits = linear(h, w).to(exact)  # (n, V)
             if bias is not None:
                 logits += bias.to(exact)
             picked = logits.gather(1, y[:, None]).squeeze(1)  # (n,)
@@ -57,11 +59,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 continue
             g = probs.mul_(sum_exp.reciprocal()).to(compute_dtype)  # softmax (n, V)
             # d loss / d logits = softmax - eps / V - (1 - eps) one_hot(y), multiplied out term by term
-            grad_hidden[start:start + rows] = ((g @ w).to(exact) - (eps / V) * weight_sum
+            grad_hidden[start:start + rows] = (linear(g, w.t()).to(exact) - (eps / V) * weight_sum
                                                - (1 - eps) * w[y].to(exact))
             h_exact = h.to(exact)
             if g.dtype == exact:
-                grad_weight.addmm_(g.t(), h)  # in place: no (V, C) temporary per chunk
+                grad_weight = add_linear(grad_weight, g.t(), h.t())  # no (V, C) temporary per chunk
             else:
                 grad_weight += (g.t() @ h).to(exact)
             grad_weight -= (eps / V) * h_exact.sum(dim=0)

@@ -1,0 +1,149 @@
+import copy
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from transformerkit import runtime
+from transformerkit.nn import linear as linear_module
+from transformerkit.nn.linear import Linear, add_linear, can_pack_weights, linear
+from transformerkit.training.losses import linear_cross_entropy
+
+onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="a PyTorch build without oneDNN")
+
+
+@pytest.fixture
+def route(monkeypatch):
+    """Force the machine's answer (oneDNN pays or not) and count the products that go to oneDNN."""
+    calls = []
+    product = linear_module._product
+
+    def counted(*args):
+        calls.append(args[0].shape)
+        return product(*args)
+
+    monkeypatch.setattr(linear_module, "_product", counted)
+
+    def force(pays: bool):
+        monkeypatch.setattr(runtime, "onednn_matmul_pays", lambda: pays)
+        return calls
+
+    return force
+
+
+@onednn
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_onednn_product_and_its_gradients_equal_f_linear(route, bias):
+    calls = route(True)
+    torch.manual_seed(0)
+    x = torch.randn(3, 200, 96, requires_grad=True)  # (B, T, in): 600 rows
+    weight = torch.randn(80, 96, requires_grad=True)
+    b = torch.randn(80, requires_grad=True) if bias else None
+    grad_out = torch.randn(3, 200, 80)
+    leaves = [t for t in (x, weight, b) if t is not None]
+
+    ours = linear(x, weight, b)
+    ours_grads = torch.autograd.grad(ours, leaves, grad_out)
+    assert len(calls) == 3  # the product, then the input's and the weight's gradients
+    reference = F.linear(x, weight, b)
+    reference_grads = torch.autograd.grad(reference, leaves, grad_out)
+    assert ours.shape == reference.shape
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-4)
+    for got, want in zip(ours_grads, reference_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-3)
+
+
+@onednn
+def test_transposed_weights_and_inputs_give_the_same_product(route):
+    route(True)
+    x, weight = torch.randn(96, 600).t(), torch.randn(96, 80).t()  # (600, 96) and (80, 96), both transposed views
+    torch.testing.assert_close(linear(x, weight), x.contiguous() @ weight.contiguous().t(), rtol=1e-5, atol=1e-4)
+
+
+def test_small_products_single_rows_other_dtypes_and_autocast_stay_with_f_linear(route):
+    calls = route(True)
+    weight = torch.randn(64, 64)
+    linear(torch.randn(8, 64), weight)  # 32k multiply-adds: below the call overhead's break-even
+    linear(torch.randn(1, 4096), torch.randn(4096, 4096))  # one row: a matrix-vector product
+    linear(torch.randn(512, 64).bfloat16(), weight.bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        linear(torch.randn(512, 64), weight)
+    assert calls == []
+    calls = route(False)  # a machine where oneDNN does not pay
+    linear(torch.randn(512, 64), weight)
+    assert calls == []
+
+
+@onednn
+@pytest.mark.parametrize("pays", [True, False])
+def test_add_linear_adds_the_product_to_a_running_sum(route, pays):
+    calls = route(pays)
+    out, x, weight = torch.randn(80, 96), torch.randn(80, 600), torch.randn(96, 600)
+    expected = out + x @ weight.t()
+    torch.testing.assert_close(add_linear(out.clone(), x, weight), expected, rtol=1e-5, atol=1e-3)
+    # the fused loss's weight gradient is such a running sum, chunk by chunk
+    hidden = torch.randn(1500, 96, requires_grad=True)
+    table = torch.randn(700, 96, requires_grad=True)
+    target = torch.randint(0, 700, (1500,))
+    ours = torch.autograd.grad(linear_cross_entropy(hidden, table, None, target, 0.1), (hidden, table))
+    logits = F.linear(hidden.double(), table.double())
+    reference = torch.autograd.grad(F.cross_entropy(logits, target, label_smoothing=0.1, reduction="sum"),
+                                    (hidden, table))
+    for got, want in zip(ours, reference):
+        torch.testing.assert_close(got, want.float(), rtol=1e-4, atol=1e-4)
+    assert (len(calls) > 0) == pays
+
+
+def test_linear_is_a_drop_in_nn_linear():
+    torch.manual_seed(0)
+    ours = Linear(12, 7)
+    torch.manual_seed(0)
+    theirs = nn.Linear(12, 7)
+    assert isinstance(ours, nn.Linear)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), theirs.state_dict().values()))
+    x = torch.randn(5, 12)
+    torch.testing.assert_close(ours(x), theirs(x))
+
+
+packing = pytest.mark.skipif(not can_pack_weights(), reason="a PyTorch build without oneDNN's packed weights")
+
+
+@packing
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_packed_layer_gives_the_same_outputs_where_no_gradient_is_needed(dtype):
+    torch.manual_seed(0)
+    layer = Linear(96, 80).to(dtype)
+    x = torch.randn(3, 5, 96, dtype=dtype)  # (B, T, in)
+    with torch.no_grad():
+        plain = layer(x)
+        layer.pack()
+        packed = layer(x)
+    assert layer.packed is not None
+    tolerance = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(packed, plain, **tolerance)
+    out = layer(x)  # with a gradient to compute, the weight itself is read
+    out.float().sum().backward()
+    assert layer.weight.grad is not None
+
+
+@packing
+def test_a_packed_copy_is_dropped_when_the_weight_changes_and_left_behind_by_copies():
+    layer = Linear(96, 80)
+    layer.pack()
+    x = torch.randn(4, 96)
+    with torch.no_grad():
+        layer.weight.mul_(2)  # in place: the packed copy is now stale
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+    assert layer.packed is None
+    layer.pack()
+    layer.load_state_dict({"weight": torch.randn(80, 96), "bias": torch.zeros(80)})
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+    layer.pack()
+    for copied in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert copied.packed is None
+        with torch.no_grad():
+            torch.testing.assert_close(copied(x), F.linear(x, layer.weight, layer.bias))

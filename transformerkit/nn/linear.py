@@ -1,0 +1,124 @@
+"""The linear layer, y = x W^T + b, and the matrix-multiply library it runs on.
+
+PyTorch's CPU build sends float32 matmuls to Intel's MKL and bfloat16 ones to oneDNN. On AMD processors MKL
+runs its AVX2 code even where the processor has AVX-512, so float32 gets half the machine: on a 2-core AMD
+EPYC (AVX-512), one thread, a (2048 x 384) @ (384 x 1536) product ran at 108 GFLOP/s through MKL and 240
+through oneDNN, with the gradient products alike (22 ms against 10-13 ms each). Which library is faster is
+measured once per process (runtime.onednn_matmul_pays), not assumed from the processor's name, so an Intel
+machine where MKL is as fast keeps it. The results are float32 products either way: only the order of the
+additions differs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import runtime
+
+# Smaller products stay with F.linear: oneDNN costs about 11 us a call before it multiplies anything, against
+# 4 for MKL (measured, same machine), and a one-row product is a matrix-vector product, bound by how fast the
+# weights stream, where the two libraries are level (and decoding_layout already picks the faster layout).
+MIN_MULTIPLY_ADDS = 1 << 20
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x (..., in) @ weight (out, in)^T + bias (out,) -> (..., out), through oneDNN where that pays (see the
+    module docstring), F.linear everywhere else (other dtypes, autocast, GPUs, torch.compile, small products)."""
+    if _use_onednn(x, weight):
+        return _OneDNNLinear.apply(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+def add_linear(out: Tensor, x: Tensor, weight: Tensor) -> Tensor:
+    """out + x @ weight^T, with out (M, N), x (M, K), weight (N, K): a running sum of products (the fused loss's
+    weight gradient, chunk by chunk) in one pass over `out`, through oneDNN where `linear` would go there. The
+    result may be `out` itself, updated in place, or a new tensor: use the returned one."""
+    if _use_onednn(x, weight):
+        return torch.ops.mkldnn._linear_pointwise.binary(x, out, weight, None, "add")
+    return out.addmm_(x, weight.t())
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters, same state dict, same initialisation) whose product goes through `linear`, or,
+    after `pack()`, through a packed copy of the weight whenever nothing needs a gradient."""
+
+    packed: Tensor | None = None  # the weight in oneDNN's blocked layout (pack_weight), for inference
+    _packed_from: tuple[int, int] = (0, 0)  # the weight's storage and version when it was packed
+
+    def pack(self) -> None:
+        """Keep a copy of the weight in oneDNN's blocked layout, read instead of the weight where nothing needs a
+        gradient: oneDNN otherwise re-packs the weight at every call, which costs more than the product itself
+        for a few rows (runtime.decoding_layout_choice). The copy doubles the weight's memory; it is dropped as
+        soon as the weight changes (training, load_state_dict, .to())."""
+        self.packed = pack_weight(self.weight)
+        self._packed_from = (self.weight.data_ptr(), self.weight._version)
+
+    def __getstate__(self):
+        """Copies and pickles leave the packed copy behind (an opaque tensor has no storage to copy)."""
+        state = dict(super().__getstate__())
+        state.pop("packed", None)
+        return state
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.packed is not None and not torch.compiler.is_compiling() and self._packed_applies(x):
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return linear(x, self.weight, self.bias)
+
+    def _packed_applies(self, x: Tensor) -> bool:
+        if (self.weight.data_ptr(), self.weight._version) != self._packed_from:
+            self.packed = None  # stale: the weight changed since it was packed
+            return False
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        return (not needs_grad and x.dtype == self.weight.dtype and x.device.type == "cpu"
+                and not torch.is_autocast_enabled("cpu"))
+
+
+def can_pack_weights() -> bool:
+    """Whether this PyTorch build has oneDNN's packed linear weights (pack_weight)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+
+def pack_weight(weight: Tensor) -> Tensor:
+    """An (out, in) float weight in oneDNN's blocked layout for a few rows at a time: an opaque tensor that only
+    torch.ops.mkldnn._linear_pointwise reads."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), 1)
+
+
+def _use_onednn(x: Tensor, weight: Tensor) -> bool:
+    if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
+        return False
+    if torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling() or weight.layout != torch.strided:
+        return False
+    rows = x.numel() // max(1, x.shape[-1])
+    return rows > 1 and rows * weight.numel() >= MIN_MULTIPLY_ADDS and runtime.onednn_matmul_pays()
+
+
+def _product(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
+    """a (M, K) @ b (N, K)^T + bias through oneDNN; a and b may be transposed views (no copies are made)."""
+    return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """oneDNN's linear has no gradient formula in PyTorch: the backward pass is two more oneDNN products."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        y = _product(x.reshape(-1, x.shape[-1]), weight, bias)  # (N, out)
+        return y.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1])  # (N, out)
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _product(g, weight.t()).view(x.shape)  # g @ W: (N, in)
+        if ctx.needs_input_grad[1]:
+            grad_weight = _product(g.t(), x.reshape(-1, x.shape[-1]).t())  # g^T @ x: (out, in)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = g.sum(dim=0)
+        return grad_x, grad_weight, grad_bias
