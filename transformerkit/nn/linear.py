@@ -62,17 +62,17 @@ class Linear(nn.Linear):
         return state
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.packed is not None and not torch.compiler.is_compiling() and self._packed_applies(x):
+        weight = self.weight  # read once: a module attribute lookup costs as much as the checks below
+        if self.packed is not None and not torch.compiler.is_compiling() and self._packed_applies(x, weight):
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-        return linear(x, self.weight, self.bias)
+        return linear(x, weight, self.bias)
 
-    def _packed_applies(self, x: Tensor) -> bool:
-        if (self.weight.data_ptr(), self.weight._version) != self._packed_from:
-            self.packed = None  # stale: the weight changed since it was packed
+    def _packed_applies(self, x: Tensor, weight: Tensor) -> bool:
+        if (weight.data_ptr(), weight._version) != self._packed_from:
+            self.packed = None  # stale: the weight changed since it was packed (a move to a GPU included)
             return False
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        return (not needs_grad and x.dtype == self.weight.dtype and x.device.type == "cpu"
-                and not torch.is_autocast_enabled("cpu"))
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+        return not needs_grad and x.dtype == weight.dtype and not torch.is_autocast_enabled("cpu")
 
 
 def can_pack_weights() -> bool:
