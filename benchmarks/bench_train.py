@@ -25,6 +25,7 @@ from common import machine, machine_facts, machine_kind, print_table, write_json
 
 import transformerkit as tk
 from transformerkit import runtime
+from transformerkit.nn.linear import can_pack_weights, onednn_product
 from transformerkit.recipes import load_recipe
 from transformerkit.runtime import keep_freed_memory
 from transformerkit.tasks import prepare
@@ -48,8 +49,8 @@ def matmul_ceiling(dtype: torch.dtype) -> float:
     n, reps = 2048, 5
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     products = [lambda: a @ b]
-    if torch.backends.mkldnn.is_available():
-        products.append(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""))
+    if can_pack_weights(dtype):
+        products.append(lambda: onednn_product(a, b))
     best = math.inf
     for product in products:
         for _ in range(2):

@@ -97,6 +97,7 @@ def load_for_inference(args: argparse.Namespace, say: bool = False, expect=None)
     import torch
 
     from .loading import decoding_layout, load
+    from .quantize import quantization_of
     from .runtime import choose_precision, threads_line
 
     quantize = getattr(args, "quantize", "none")
@@ -108,7 +109,7 @@ def load_for_inference(args: argparse.Namespace, say: bool = False, expect=None)
     precision = choose_precision(args.dtype, device, width)
     if precision.bf16:
         model.to(torch.bfloat16)
-        if device.type == "cpu" and getattr(model, "quantization", None) is None:
+        if device.type == "cpu" and quantization_of(model) is None:
             decoding_layout(model)  # chosen again for bfloat16
     if getattr(args, "compile", False):
         from .nn.block import compile_blocks

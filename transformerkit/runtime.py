@@ -26,7 +26,7 @@ _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 AVX-512 BF16 and AM
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _tuned = False
 _threads_reason: str | None = None  # why choose_threads chose, once it has
-_LAYOUT_MIN_BYTES = 1 << 20  # smaller weights sit in the caches, where the layout was not seen to matter
+_TRANSPOSE_MIN_BYTES = 1 << 20  # smaller weights sit in the caches, where transposing was not seen to matter
 _LAYOUT_POOL_BYTES = 64 << 20  # weights per timed pass: past the caches, as a decoding step reads them
 
 
@@ -97,8 +97,8 @@ def _fastest(fn, repeats: int = 5, device_type: str = "cpu") -> float:
 @lru_cache(maxsize=None)
 def bf16_speedup(width: int, device_type: str = "cpu") -> float:
     """float32 time / bfloat16 time of a feed-forward-sized matmul at this model width, each through the library
-    the layers would use (nn/linear.py): a probe of a few milliseconds, run once per process and width. Above 1,
-    bfloat16 is faster here."""
+    the layers would use (nn/linear.py): a probe of a few milliseconds (and, the first time, onednn_matmul_pays'
+    tens), run once per process and width. Above 1, bfloat16 is faster here."""
     from .nn.linear import linear  # float32 as the layers run it (oneDNN where that pays here)
 
     rows, inner = 1024, max(64, width)
@@ -143,7 +143,7 @@ def decoding_layout_choice(out_features: int, in_features: int, dtype: torch.dty
     model's. Timed on a pool of such weights larger than the caches (transposing is only tried at 1 MB and up:
     smaller weights sit in the caches, where it was not seen to matter), once per process, shape and dtype
     (tens of milliseconds); a layout must win by 5% to be chosen."""
-    from .nn.linear import can_pack_weights, pack_weight
+    from .nn.linear import can_pack_weights, onednn_product, pack_weight
 
     size = out_features * in_features * torch.empty((), dtype=dtype).element_size()
     count = max(1, min(32, _LAYOUT_POOL_BYTES // size))
@@ -151,12 +151,12 @@ def decoding_layout_choice(out_features: int, in_features: int, dtype: torch.dty
     linear = torch.nn.functional.linear
     pools = {"linear": [torch.full((out_features, in_features), 0.01, dtype=dtype) for _ in range(count)]}
     runs = {"linear": lambda weight: linear(x, weight)}
-    if size >= _LAYOUT_MIN_BYTES:
+    if size >= _TRANSPOSE_MIN_BYTES:
         pools["transposed"] = [torch.full((in_features, out_features), 0.01, dtype=dtype).t() for _ in range(count)]
         runs["transposed"] = runs["linear"]
-    if can_pack_weights():
+    if can_pack_weights(dtype):
         pools["packed"] = [pack_weight(weight) for weight in pools["linear"]]
-        runs["packed"] = lambda packed: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+        runs["packed"] = lambda packed: onednn_product(x, packed)
 
     def best(layout: str) -> float:
         times = []
@@ -177,15 +177,13 @@ def onednn_matmul_pays() -> bool:
     """Whether float32 matrix products run faster through oneDNN than through PyTorch's default CPU library
     (MKL) on this machine (nn/linear.py says why they can differ). Timed once per process on a product the size
     of a small model's training step (512 x 384 @ 384 x 1536: a few milliseconds); oneDNN must win by 10%."""
-    if not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        onednn = torch.ops.mkldnn._linear_pointwise
-    except (AttributeError, RuntimeError):  # a build without the op
+    from .nn.linear import can_pack_weights, onednn_product
+
+    if not can_pack_weights():  # a build without oneDNN's linear
         return False
     x, weight = torch.full((512, 384), 0.01), torch.full((1536, 384), 0.01)
     default = _fastest(lambda: torch.nn.functional.linear(x, weight), repeats=3)
-    return _fastest(lambda: onednn(x, weight, None, "none", [], ""), repeats=3) < 0.9 * default
+    return _fastest(lambda: onednn_product(x, weight), repeats=3) < 0.9 * default
 
 
 def choose_precision(requested: str = "auto", device: torch.device | str = "cpu", width: int = 256) -> Precision:

@@ -18,13 +18,13 @@ onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="a 
 def route(monkeypatch):
     """Force the machine's answer (oneDNN pays or not) and count the products that go to oneDNN."""
     calls = []
-    product = linear_module._product
+    product = linear_module.onednn_product
 
     def counted(*args):
         calls.append(args[0].shape)
         return product(*args)
 
-    monkeypatch.setattr(linear_module, "_product", counted)
+    monkeypatch.setattr(linear_module, "onednn_product", counted)
 
     def force(pays: bool):
         monkeypatch.setattr(runtime, "onednn_matmul_pays", lambda: pays)
@@ -57,9 +57,23 @@ def test_the_onednn_product_and_its_gradients_equal_f_linear(route, bias):
 
 @onednn
 def test_transposed_weights_and_inputs_give_the_same_product(route):
-    route(True)
+    calls = route(True)
     x, weight = torch.randn(96, 600).t(), torch.randn(96, 80).t()  # (600, 96) and (80, 96), both transposed views
     torch.testing.assert_close(linear(x, weight), x.contiguous() @ weight.contiguous().t(), rtol=1e-5, atol=1e-4)
+    assert len(calls) == 1
+
+
+@onednn
+def test_the_output_may_be_changed_in_place_as_nn_linear_s_may(route):
+    calls = route(True)
+    x = torch.randn(4, 150, 96, requires_grad=True)
+    weight = torch.randn(80, 96, requires_grad=True)
+    out = linear(x, weight)
+    out.relu_()  # nn.ReLU(inplace=True), or a residual added in place
+    out.sum().backward()
+    reference = F.linear(x.detach(), weight.detach()).relu()
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-4)
+    assert calls and weight.grad is not None
 
 
 def test_small_products_single_rows_other_dtypes_and_autocast_stay_with_f_linear(route):
@@ -111,9 +125,10 @@ def test_linear_is_a_drop_in_nn_linear():
 packing = pytest.mark.skipif(not can_pack_weights(), reason="a PyTorch build without oneDNN's packed weights")
 
 
-@packing
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_a_packed_layer_gives_the_same_outputs_where_no_gradient_is_needed(dtype):
+    if not can_pack_weights(dtype):
+        pytest.skip(f"oneDNN cannot pack {dtype} weights here")
     torch.manual_seed(0)
     layer = Linear(96, 80).to(dtype)
     x = torch.randn(3, 5, 96, dtype=dtype)  # (B, T, in)
@@ -139,6 +154,9 @@ def test_a_packed_copy_is_dropped_when_the_weight_changes_and_left_behind_by_cop
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
     assert layer.packed is None
     layer.pack()
+    layer.double().float()  # moved or cast: dropped at once
+    assert layer.packed is None
+    layer.pack()
     layer.load_state_dict({"weight": torch.randn(80, 96), "bias": torch.zeros(80)})
     with torch.no_grad():
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
@@ -147,3 +165,30 @@ def test_a_packed_copy_is_dropped_when_the_weight_changes_and_left_behind_by_cop
         assert copied.packed is None
         with torch.no_grad():
             torch.testing.assert_close(copied(x), F.linear(x, layer.weight, layer.bias))
+
+
+@packing
+def test_packed_copies_serve_few_rows_and_leave_large_products_to_linear(route):
+    calls = route(True)
+    layer = Linear(96, 80)
+    layer.pack()
+    with torch.no_grad():
+        layer(torch.randn(8, 1, 96))  # a decoding step of 8 sequences: the packed copy
+        assert len(calls) == 1 and layer.packed is not None
+        x = torch.randn(4, 300, 96)  # a prompt's prefill: through `linear`, plain weight
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+    assert len(calls) == 2 and calls[-1] == (1200, 96)  # the flattened rows: `linear`'s call, not the packed one
+
+
+@packing
+def test_a_model_loaded_in_inference_mode_packs_and_runs(tmp_path, monkeypatch):
+    import transformerkit as tk
+
+    model = tk.build_model(tk.preset("gpt-tiny")).eval()
+    tk.save(model, tmp_path / "ckpt")
+    monkeypatch.setattr(runtime, "decoding_layout_choice", lambda out_features, in_features, dtype: "packed")
+    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+    with torch.inference_mode():
+        loaded = tk.load(tmp_path / "ckpt", device="cpu")
+        assert all(m.packed is not None for m in loaded.modules() if isinstance(m, Linear))
+        torch.testing.assert_close(loaded(ids), model(ids), rtol=0, atol=1e-5)

@@ -16,6 +16,7 @@ from .dropout import Dropout
 from .embedding import Embeddings, TokenEmbedding
 from .feedforward import FeedForward
 from .kv_cache import DecodeState, KVCache
+from .linear import Linear
 from .masks import attention_mask
 from .norm import make_norm
 from .rope import RotaryEmbedding
@@ -171,6 +172,9 @@ def compile_blocks(model: nn.Module, per_region: int = BLOCKS_PER_REGION) -> int
     matmuls, gains under 1.1x.
     """
     require_compile(next(model.parameters()).device.type)
+    for module in model.modules():  # compiled regions multiply through inductor, never the packed copies
+        if isinstance(module, Linear):
+            module.packed = None
     stacks = [m for m in model.modules() if isinstance(m, TransformerStack)]
     for stack in stacks:
         n = len(stack.layers)

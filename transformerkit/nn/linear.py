@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .. import runtime
 
@@ -21,39 +22,50 @@ from .. import runtime
 # 4 for MKL (measured, same machine), and a one-row product is a matrix-vector product, bound by how fast the
 # weights stream, where the two libraries are level (and decoding_layout already picks the faster layout).
 MIN_MULTIPLY_ADDS = 1 << 20
+# A packed copy serves products of up to this many rows (decoding steps: one row per sequence or beam); larger ones
+# (a prompt's prefill, an encoder pass) go through `linear`, whose choice of library was timed at that size.
+PACKED_MAX_ROWS = 64
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """x (..., in) @ weight (out, in)^T + bias (out,) -> (..., out), through oneDNN where that pays (see the
     module docstring), F.linear everywhere else (other dtypes, autocast, GPUs, torch.compile, small products)."""
-    if _use_onednn(x, weight):
-        return _OneDNNLinear.apply(x, weight, bias)
+    if _use_onednn(x, weight):  # (N, in) through the Function; the view outside it, so callers may write in place
+        return _OneDNNLinear.apply(x.reshape(-1, x.shape[-1]), weight, bias).view(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight, bias)
 
 
 def add_linear(out: Tensor, x: Tensor, weight: Tensor) -> Tensor:
     """out + x @ weight^T, with out (M, N), x (M, K), weight (N, K): a running sum of products (the fused loss's
     weight gradient, chunk by chunk) in one pass over `out`, through oneDNN where `linear` would go there. The
-    result may be `out` itself, updated in place, or a new tensor: use the returned one."""
+    result is `out` itself, updated in place (MKL), or a new tensor (oneDNN: `out` is read, not written): use the
+    returned one."""
     if _use_onednn(x, weight):
-        return torch.ops.mkldnn._linear_pointwise.binary(x, out, weight, None, "add")
+        return torch.ops.mkldnn._linear_pointwise.binary(x, out, weight, None, "add")  # a new (M, N)
     return out.addmm_(x, weight.t())
 
 
 class Linear(nn.Linear):
     """nn.Linear (same parameters, same state dict, same initialisation) whose product goes through `linear`, or,
-    after `pack()`, through a packed copy of the weight whenever nothing needs a gradient."""
+    after `pack()`, through a packed copy of the weight for the few-row products of decoding."""
 
     packed: Tensor | None = None  # the weight in oneDNN's blocked layout (pack_weight), for inference
-    _packed_from: tuple[int, int] = (0, 0)  # the weight's storage and version when it was packed
+    _packed_from: tuple[int, int | None] = (0, None)  # the weight's storage and version when it was packed
 
     def pack(self) -> None:
         """Keep a copy of the weight in oneDNN's blocked layout, read instead of the weight where nothing needs a
         gradient: oneDNN otherwise re-packs the weight at every call, which costs more than the product itself
-        for a few rows (runtime.decoding_layout_choice). The copy doubles the weight's memory; it is dropped as
-        soon as the weight changes (training, load_state_dict, .to())."""
-        self.packed = pack_weight(self.weight)
-        self._packed_from = (self.weight.data_ptr(), self.weight._version)
+        for a few rows (runtime.decoding_layout_choice). The copy doubles the weight's memory. It is dropped when
+        the module is moved or cast, and at the next call after the weight changed in place (training,
+        load_state_dict); a write through `weight.data` goes unseen, so pack again after one."""
+        weight = self.weight
+        self.packed = pack_weight(weight)
+        # an inference-mode tensor has no version counter (and cannot be changed in place outside that mode)
+        self._packed_from = (weight.data_ptr(), None if weight.is_inference() else weight._version)
+
+    def _apply(self, fn, recurse: bool = True):
+        self.packed = None  # .to(), .float(), .cuda(): the copy would describe the old weight
+        return super()._apply(fn, recurse)
 
     def __getstate__(self):
         """Copies and pickles leave the packed copy behind (an opaque tensor has no storage to copy)."""
@@ -64,26 +76,37 @@ class Linear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         weight = self.weight  # read once: a module attribute lookup costs as much as the checks below
         if self.packed is not None and not torch.compiler.is_compiling() and self._packed_applies(x, weight):
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+            return onednn_product(x, self.packed, self.bias)
         return linear(x, weight, self.bias)
 
     def _packed_applies(self, x: Tensor, weight: Tensor) -> bool:
-        if (weight.data_ptr(), weight._version) != self._packed_from:
-            self.packed = None  # stale: the weight changed since it was packed (a move to a GPU included)
+        version = None if weight.is_inference() else weight._version
+        if (weight.data_ptr(), version) != self._packed_from:
+            self.packed = None  # stale: the weight changed since it was packed
             return False
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-        return not needs_grad and x.dtype == weight.dtype and not torch.is_autocast_enabled("cpu")
+        return (not needs_grad and x.dtype == weight.dtype and not torch.is_autocast_enabled("cpu")
+                and x.numel() <= PACKED_MAX_ROWS * x.shape[-1])
 
 
-def can_pack_weights() -> bool:
-    """Whether this PyTorch build has oneDNN's packed linear weights (pack_weight)."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+def can_pack_weights(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether this PyTorch build and processor can pack a weight of `dtype` for oneDNN (pack_weight): bfloat16
+    needs a processor oneDNN multiplies it on (AVX-512 or AVX-NE-CONVERT on x86)."""
+    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+        return False
+    return dtype != torch.bfloat16 or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def pack_weight(weight: Tensor) -> Tensor:
     """An (out, in) float weight in oneDNN's blocked layout for a few rows at a time: an opaque tensor that only
-    torch.ops.mkldnn._linear_pointwise reads."""
+    onednn_product reads."""
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), 1)
+
+
+def onednn_product(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
+    """a (..., K) @ b (N, K)^T + bias through oneDNN, b plain or packed (pack_weight). oneDNN makes a contiguous
+    copy of `a` where it is a transposed view (the weight gradient's g^T); `b` is read as it is strided."""
+    return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
 
 
 def _use_onednn(x: Tensor, weight: Tensor) -> bool:
@@ -95,30 +118,25 @@ def _use_onednn(x: Tensor, weight: Tensor) -> bool:
     return rows > 1 and rows * weight.numel() >= MIN_MULTIPLY_ADDS and runtime.onednn_matmul_pays()
 
 
-def _product(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
-    """a (M, K) @ b (N, K)^T + bias through oneDNN; a and b may be transposed views (no copies are made)."""
-    return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
-
-
 class _OneDNNLinear(torch.autograd.Function):
-    """oneDNN's linear has no gradient formula in PyTorch: the backward pass is two more oneDNN products."""
+    """oneDNN's linear has no gradient formula in PyTorch: the backward pass is two more oneDNN products.
+    x (N, in), weight (out, in) -> (N, out)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        y = _product(x.reshape(-1, x.shape[-1]), weight, bias)  # (N, out)
-        return y.view(*x.shape[:-1], weight.shape[0])
+        return onednn_product(x, weight, bias)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: Tensor):
-        x, weight = ctx.saved_tensors
-        g = grad.reshape(-1, grad.shape[-1])  # (N, out)
+        x, weight = ctx.saved_tensors  # (N, in), (out, in); grad (N, out)
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = _product(g, weight.t()).view(x.shape)  # g @ W: (N, in)
+            grad_x = onednn_product(grad, weight.t())  # grad @ W: (N, in)
         if ctx.needs_input_grad[1]:
-            grad_weight = _product(g.t(), x.reshape(-1, x.shape[-1]).t())  # g^T @ x: (out, in)
+            grad_weight = onednn_product(grad.t(), x.t())  # grad^T @ x: (out, in)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = g.sum(dim=0)
+            grad_bias = grad.sum(dim=0)
         return grad_x, grad_weight, grad_bias

@@ -63,7 +63,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                                                - (1 - eps) * w[y].to(exact))
             h_exact = h.to(exact)
             if g.dtype == exact:
-                grad_weight = add_linear(grad_weight, g.t(), h.t())  # no (V, C) temporary per chunk
+                # one pass over the (V, C) sum: in place through MKL; through oneDNN a new sum each chunk, and a
+                # contiguous copy of g^T (n, V)
+                grad_weight = add_linear(grad_weight, g.t(), h.t())
             else:
                 grad_weight += (g.t() @ h).to(exact)
             grad_weight -= (eps / V) * h_exact.sum(dim=0)
