@@ -101,7 +101,7 @@ def load_for_inference(args: argparse.Namespace, say: bool = False, expect=None)
     from .runtime import choose_precision, threads_line
 
     quantize = getattr(args, "quantize", "none")
-    model = load(args.model, device=args.device, quantize=None if quantize == "none" else quantize)
+    model = load(args.model, device=args.device, quantize=None if quantize == "none" else quantize, layout=False)
     if expect is not None:
         expect(model)
     device = next(model.parameters()).device
@@ -109,8 +109,8 @@ def load_for_inference(args: argparse.Namespace, say: bool = False, expect=None)
     precision = choose_precision(args.dtype, device, width)
     if precision.bf16:
         model.to(torch.bfloat16)
-        if device.type == "cpu" and quantization_of(model) is None:
-            decoding_layout(model)  # chosen again for bfloat16
+    if device.type == "cpu" and quantization_of(model) is None:
+        decoding_layout(model)  # after the cast: the layout is timed and packed for the dtype the model runs in
     if getattr(args, "compile", False):
         from .nn.block import compile_blocks
 

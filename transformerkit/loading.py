@@ -67,12 +67,13 @@ QUANTIZE = ("auto", "gguf", "int8", "int4", None)
 
 
 def load(path: str | os.PathLike, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-         quantize: str | None = None, for_training: bool = False) -> nn.Module:
+         quantize: str | None = None, for_training: bool = False, layout: bool = True) -> nn.Module:
     """Read a model for inference (eval mode) onto `device` (default: the best available) in `dtype`.
 
     On a CPU, each float linear weight is stored the way this machine multiplies fastest by one token at a
     time (decoding_layout). for_training: train mode with every weight in nn.Linear's own layout instead, for
-    fine-tuning (`train --init`).
+    fine-tuning (`train --init`). layout=False leaves that to a caller that casts the model first (the layout is
+    timed and packed per dtype), so it is chosen once.
 
     quantize: None, the exact float model; "int8" or "int4" (groups of 32), weight-only quantized linear
     layers (quantize.py); "gguf", a GGUF file's own 4-bit blocks kept as they are and the rest in 8 bits;
@@ -103,7 +104,7 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None, dtyp
     model = model.to(device=device, dtype=dtype)
     if quantize is not None or quantization_of(model) is not None:
         finish_quantized(model, "int4" if quantize == "gguf" else quantize)  # a GGUF file's rest: as int4 would
-    elif device.type == "cpu" and not for_training:
+    elif device.type == "cpu" and not for_training and layout:
         decoding_layout(model)
     return model.train() if for_training else model.eval()
 

@@ -138,11 +138,11 @@ def decoding_layout_choice(out_features: int, in_features: int, dtype: torch.dty
     and by each call's fixed cost, and these differ by layout. Measured on an AMD EPYC (AVX-512 bf16), float32:
     the BLAS streamed 16.5 against 21.7 GB/s for 3072x768 transposed, 16.8 against 28.5 for GPT-2's 50257x768
     output layer, but 22.0 against 18.2 for 768x3072. In bfloat16, oneDNN re-packs a plain weight at every call:
-    a packed copy took 67 us against 135 for 3072x768 and 11.5 against 15 for 512x128 (one thread), and
-    greedy decoding went from 53 to 96 tokens/s at GPT-2 small's size, from 393 to 605 at the character
-    model's. Timed on a pool of such weights larger than the caches (transposing is only tried at 1 MB and up:
-    smaller weights sit in the caches, where it was not seen to matter), once per process, shape and dtype
-    (tens of milliseconds); a layout must win by 5% to be chosen."""
+    a packed copy took 67 us against 135 for 3072x768 and 11.5 against 15 for 512x128, and greedy decoding with
+    every layer packed went from 53 to 96 tokens/s at GPT-2 small's size, from 393 to 605 at the character
+    model's (one thread, the same tokens out). Timed on a pool of such weights larger than the caches
+    (transposing is only tried at 1 MB and up: smaller weights sit in the caches, where it was not seen to
+    matter), once per process, shape and dtype (tens of milliseconds); a layout must win by 5% to be chosen."""
     from .nn.linear import can_pack_weights, onednn_product, pack_weight
 
     size = out_features * in_features * torch.empty((), dtype=dtype).element_size()

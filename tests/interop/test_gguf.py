@@ -207,7 +207,8 @@ def test_generate_and_chat_commands(smollm2_model, monkeypatch, capsys):
     from transformerkit.cli import main
     from transformerkit.nn import block
 
-    monkeypatch.setattr(loading, "load", lambda path, device=None, dtype=None, quantize=None: smollm2_model)
+    monkeypatch.setattr(loading, "load",
+                        lambda path, device=None, dtype=None, quantize=None, layout=True: smollm2_model)
     compiled = []  # --compile reaches compile_blocks (whose result test_generate checks; not redone at this size)
     monkeypatch.setattr(block, "compile_blocks", lambda model: compiled.append(model) or 30)
     assert main(["generate", "smollm2", "--prompt", "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"

@@ -57,7 +57,7 @@ def cli(both, monkeypatch):
     from ..test_reliability import cli as run
 
     original = loading.load
-    monkeypatch.setattr(loading, "load", lambda path, device=None, dtype=None, quantize=None:
+    monkeypatch.setattr(loading, "load", lambda path, device=None, dtype=None, quantize=None, layout=True:
                         both[0] if str(path) == "all-minilm-l6-v2" else original(path, device, dtype, quantize))
     return run
 

@@ -134,6 +134,17 @@ def test_the_layout_is_chosen_again_after_a_change_of_dtype(tmp_path, monkeypatc
         torch.testing.assert_close(loaded(ids), model.to(torch.bfloat16)(ids), rtol=1e-2, atol=1e-2)
 
 
+def test_load_without_layout_leaves_it_to_the_caller_that_casts_first(tmp_path, monkeypatch):
+    """The commands load, cast to the precision they chose, then lay the weights out once."""
+    from transformerkit import runtime
+
+    model = tk.build_model(tk.preset("gpt-tiny")).eval()
+    tk.save(model, tmp_path / "ckpt")
+    monkeypatch.setattr(runtime, "decoding_layout_choice", lambda out_features, in_features, dtype: "transposed")
+    loaded = tk.load(tmp_path / "ckpt", device="cpu", layout=False)
+    assert all(m.weight.is_contiguous() for m in loaded.modules() if isinstance(m, torch.nn.Linear))
+
+
 def test_the_layout_probe_tries_transposing_large_weights_only_and_answers_once_per_shape():
     from transformerkit import runtime
 
