@@ -19,6 +19,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # what the CLI, run in-process or as a subprocess, then uses
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore", message=".*TypedStorage.*")
+if not os.environ.get("TRANSFORMERKIT_MATMUL"):
+    # One float32 matmul library for every process of the run (test workers, CLI subprocesses, distributed
+    # ranks): where oneDNN and MKL are close, each process's own probe could pick differently under load, and
+    # runs compared to 1e-5 (FSDP against DDP, a resumed run against an unbroken one) would round differently.
+    from transformerkit.runtime import MATMUL_ENV, onednn_matmul_pays
+
+    os.environ[MATMUL_ENV] = "onednn" if onednn_matmul_pays() else "default"
 
 SHARED_DATA = Path(os.environ.get("TRANSFORMERKIT_DATA") or Path(__file__).parents[2] / "shared" / "data")
 SLICE = {"train": 400, "val": 40, "test_2016_flickr": 40}

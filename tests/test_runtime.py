@@ -54,6 +54,26 @@ def test_an_explicit_request_and_the_environment_win(machine, monkeypatch):
         runtime.choose_precision("auto", "cpu", 64)
 
 
+def test_the_environment_fixes_the_float32_matmul_library(monkeypatch):
+    """$TRANSFORMERKIT_MATMUL overrides the timed choice between oneDNN and MKL (conftest sets it for the whole
+    suite, so that processes compared to the last digit multiply alike); a bad value is a ConfigError."""
+    from transformerkit.nn.linear import can_pack_weights
+
+    def answer(value):
+        monkeypatch.setenv(runtime.MATMUL_ENV, value)
+        runtime.onednn_matmul_pays.cache_clear()
+        try:
+            return runtime.onednn_matmul_pays()
+        finally:
+            runtime.onednn_matmul_pays.cache_clear()
+
+    assert answer("default") is False
+    assert answer("onednn") is can_pack_weights()
+    assert answer("auto") in (True, False)  # timed
+    with pytest.raises(ConfigError, match=runtime.MATMUL_ENV):
+        answer("mkl")
+
+
 def test_native_bf16_reads_the_processor_flags(monkeypatch):
     monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2", "fma"})
     assert not runtime.native_bf16("cpu")

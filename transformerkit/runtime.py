@@ -22,6 +22,7 @@ from .errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16")
 PRECISION_ENV = "TRANSFORMERKIT_PRECISION"
+MATMUL_ENV = "TRANSFORMERKIT_MATMUL"  # onednn | default | auto: float32 CPU products (see onednn_matmul_pays)
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 AVX-512 BF16 and AMX; "bf16" is ARM's BF16 extension
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _tuned = False
@@ -176,11 +177,20 @@ def decoding_layout_choice(out_features: int, in_features: int, dtype: torch.dty
 def onednn_matmul_pays() -> bool:
     """Whether float32 matrix products run faster through oneDNN than through PyTorch's default CPU library
     (MKL) on this machine (nn/linear.py says why they can differ). Timed once per process on a product the size
-    of a small model's training step (512 x 384 @ 384 x 1536: a few milliseconds); oneDNN must win by 10%."""
+    of a small model's training step (512 x 384 @ 384 x 1536: a few milliseconds); oneDNN must win by 10%.
+
+    Where the two are close the answer can change from one process to the next with the machine's load
+    (oneDNN limited to AVX2 took 0.72-0.89x MKL's time on an AMD EPYC), and the two round differently: two
+    runs meant to be compared to the last digit set $TRANSFORMERKIT_MATMUL=onednn or =default to fix it."""
     from .nn.linear import can_pack_weights, onednn_product
 
-    if not can_pack_weights():  # a build without oneDNN's linear
+    choice = os.environ.get(MATMUL_ENV, "").strip() or "auto"
+    if choice not in ("auto", "onednn", "default"):
+        raise ConfigError(f"{MATMUL_ENV}: {choice!r} is not allowed; choose one of onednn, default, auto")
+    if choice == "default" or not can_pack_weights():  # asked for, or a build without oneDNN's linear
         return False
+    if choice == "onednn":
+        return True
     x, weight = torch.full((512, 384), 0.01), torch.full((1536, 384), 0.01)
     default = _fastest(lambda: torch.nn.functional.linear(x, weight), repeats=3)
     return _fastest(lambda: onednn_product(x, weight), repeats=3) < 0.9 * default

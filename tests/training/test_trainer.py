@@ -156,6 +156,25 @@ def test_a_time_budget_sizes_the_schedule_to_end_inside_it(data_env, tmp_path):
     assert len([r for r in records if "val_bleu" in r and "averaged" not in r]) >= 3
 
 
+def test_a_float32_run_records_the_library_its_products_ran_on(data_env, tmp_path, monkeypatch):
+    """oneDNN and MKL round differently, so a float32 run's first record says which one multiplied."""
+    from transformerkit import runtime
+    from transformerkit.nn.linear import can_pack_weights
+
+    monkeypatch.setenv(runtime.PRECISION_ENV, "fp32")
+    try:
+        for library in ("default", "onednn"):
+            monkeypatch.setenv(runtime.MATMUL_ENV, library)
+            runtime.onednn_matmul_pays.cache_clear()
+            train_recipe(tiny_recipe("training.max_steps=1", "training.eval_every=0"), tmp_path / library,
+                         progress_bar=False)
+            first = json.loads((tmp_path / library / "metrics.jsonl").read_text().splitlines()[0])
+            assert first["precision"] == "fp32"
+            assert first["fp32_matmul"] == (library if can_pack_weights() else "default")
+    finally:
+        runtime.onednn_matmul_pays.cache_clear()  # the next test reads the suite's own setting again
+
+
 def test_a_finished_budgeted_run_resumed_with_a_bigger_budget_trains_on_inside_it(data_env, tmp_path):
     recipe = tiny_recipe("training.budget_minutes=0.05", "training.schedule=\"cosine\"", "training.min_lr=1e-5",
                          "training.warmup_steps=5", "training.evaluations=2", "training.max_minutes=0.2")

@@ -564,14 +564,18 @@ class Trainer:
 
     def _announce(self, resume: bool, changes: dict[str, Any] | None) -> None:
         """Say, and record as metrics.jsonl's first record of this session, what the machine decided."""
-        threads = runtime.threads_line()
+        threads, library = runtime.threads_line(), None
+        if self.device.type == "cpu" and self.precision.name == "fp32":  # the library rounds, so runs record it
+            library = "onednn" if runtime.onednn_matmul_pays() else "default"
         self._log({"step": self.progress.step, "resumed": resume, "precision": self.precision.name,
                    "precision_reason": self.precision.reason, "threads": torch.get_num_threads(),
                    "device": str(self.device), "machine": runtime.describe_machine(),
-                   **({"changed": changes} if changes else {})})
+                   **({"fp32_matmul": library} if library else {}), **({"changed": changes} if changes else {})})
         for key, (old, new) in (changes or {}).items():
             self._print(f"resumed with {key} = {new} (was {old})")
-        self._print(f"precision {self.precision.name} ({self.precision.reason}); {threads}; device {self.device}")
+        products = "; float32 products through oneDNN" if library == "onednn" else ""
+        self._print(f"precision {self.precision.name} ({self.precision.reason}){products}; {threads}; "
+                    f"device {self.device}")
 
     def _log(self, record: dict[str, Any]) -> None:
         self.folder.log(record)
