@@ -23,6 +23,7 @@ if not os.environ.get("TRANSFORMERKIT_MATMUL"):
     # One float32 matmul library for every process of the run (test workers, CLI subprocesses, distributed
     # ranks): where oneDNN and MKL are close, each process's own probe could pick differently under load, and
     # runs compared to 1e-5 (FSDP against DDP, a resumed run against an unbroken one) would round differently.
+    # An explicit TRANSFORMERKIT_MATMUL (even =auto) is left as it is.
     from transformerkit.runtime import MATMUL_ENV, onednn_matmul_pays
 
     os.environ[MATMUL_ENV] = "onednn" if onednn_matmul_pays() else "default"

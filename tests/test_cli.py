@@ -146,6 +146,15 @@ def test_bad_input_is_one_clear_line(argv, message, tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
 
 
+def test_a_bad_matmul_library_is_one_clear_line_before_any_work():
+    """Checked as a command starts: `presets` multiplies nothing, yet a typo in the variable is still reported."""
+    import os
+
+    result = run_cli("presets", env={**os.environ, "TRANSFORMERKIT_MATMUL": "mkl"})
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "TRANSFORMERKIT_MATMUL: 'mkl'" in result.stderr
+
+
 def test_missing_data_is_one_clear_line(tmp_path):
     import os
 

@@ -618,12 +618,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .runtime import choose_threads, keep_freed_memory
+    from .runtime import choose_threads, keep_freed_memory, matmul_choice
 
     args = build_parser().parse_args(argv)
     keep_freed_memory()
     choose_threads()
     try:
+        matmul_choice()
         return args.handler(args) or 0
     except Interrupted as interrupted:  # a checkpoint was saved: not an error
         print(f"transformerkit {args.command}: {interrupted}", file=sys.stderr)

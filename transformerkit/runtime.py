@@ -143,9 +143,14 @@ def decoding_layout_choice(out_features: int, in_features: int, dtype: torch.dty
     every layer packed went from 53 to 96 tokens/s at GPT-2 small's size, from 393 to 605 at the character
     model's (one thread, the same tokens out). Timed on a pool of such weights larger than the caches
     (transposing is only tried at 1 MB and up: smaller weights sit in the caches, where it was not seen to
-    matter), once per process, shape and dtype (tens of milliseconds); a layout must win by 5% to be chosen."""
+    matter), once per process, shape and dtype (tens of milliseconds); a layout must win by 5% to be chosen.
+    $TRANSFORMERKIT_MATMUL, when it fixes the library, fixes float32's layout too (packed for oneDNN, nn.Linear's
+    for the default library), untimed: the layouts round differently."""
     from .nn.linear import can_pack_weights, onednn_product, pack_weight
 
+    fixed = matmul_choice() if dtype == torch.float32 else "auto"  # the layouts round differently: no timing
+    if fixed != "auto":
+        return "packed" if fixed == "onednn" and can_pack_weights(dtype) else "linear"
     size = out_features * in_features * torch.empty((), dtype=dtype).element_size()
     count = max(1, min(32, _LAYOUT_POOL_BYTES // size))
     x = torch.full((1, in_features), 0.01, dtype=dtype)
@@ -173,6 +178,16 @@ def decoding_layout_choice(out_features: int, in_features: int, dtype: torch.dty
     return fastest if timed[fastest] < 0.95 * timed["linear"] else "linear"
 
 
+def matmul_choice() -> str:
+    """$TRANSFORMERKIT_MATMUL: "onednn" or "default" fixes the float32 CPU matmul library, "auto" (or unset)
+    times it (onednn_matmul_pays, decoding_layout_choice); checked when a command starts, so a typo is an error
+    even where no float32 product would read it."""
+    choice = os.environ.get(MATMUL_ENV, "").strip() or "auto"
+    if choice not in ("auto", "onednn", "default"):
+        raise ConfigError(f"{MATMUL_ENV}: {choice!r} is not allowed; choose one of onednn, default, auto")
+    return choice
+
+
 @lru_cache(maxsize=None)
 def onednn_matmul_pays() -> bool:
     """Whether float32 matrix products run faster through oneDNN than through PyTorch's default CPU library
@@ -184,9 +199,7 @@ def onednn_matmul_pays() -> bool:
     runs meant to be compared to the last digit set $TRANSFORMERKIT_MATMUL=onednn or =default to fix it."""
     from .nn.linear import can_pack_weights, onednn_product
 
-    choice = os.environ.get(MATMUL_ENV, "").strip() or "auto"
-    if choice not in ("auto", "onednn", "default"):
-        raise ConfigError(f"{MATMUL_ENV}: {choice!r} is not allowed; choose one of onednn, default, auto")
+    choice = matmul_choice()
     if choice == "default" or not can_pack_weights():  # asked for, or a build without oneDNN's linear
         return False
     if choice == "onednn":

@@ -145,11 +145,32 @@ def test_load_without_layout_leaves_it_to_the_caller_that_casts_first(tmp_path, 
     assert all(m.weight.is_contiguous() for m in loaded.modules() if isinstance(m, torch.nn.Linear))
 
 
-def test_the_layout_probe_tries_transposing_large_weights_only_and_answers_once_per_shape():
+def test_the_layout_probe_tries_transposing_large_weights_only_and_answers_once_per_shape(monkeypatch):
     from transformerkit import runtime
 
+    monkeypatch.setenv(runtime.MATMUL_ENV, "auto")  # timed (the suite fixes the library: conftest)
     runtime.decoding_layout_choice.cache_clear()
-    assert runtime.decoding_layout_choice(64, 64, torch.float32) in ("linear", "packed")  # in the caches
-    assert runtime.decoding_layout_choice(1024, 512, torch.float32) in ("linear", "transposed", "packed")  # 2 MB
-    runtime.decoding_layout_choice(1024, 512, torch.float32)
-    assert runtime.decoding_layout_choice.cache_info().hits == 1  # once per process and shape
+    try:
+        assert runtime.decoding_layout_choice(64, 64, torch.float32) in ("linear", "packed")  # in the caches
+        assert runtime.decoding_layout_choice(1024, 512, torch.float32) in ("linear", "transposed", "packed")  # 2 MB
+        runtime.decoding_layout_choice(1024, 512, torch.float32)
+        assert runtime.decoding_layout_choice.cache_info().hits == 1  # once per process and shape
+    finally:
+        runtime.decoding_layout_choice.cache_clear()
+
+
+def test_a_fixed_matmul_library_fixes_the_float32_decoding_layout_without_timing(monkeypatch):
+    """The layouts round differently, so TRANSFORMERKIT_MATMUL decides float32's as it decides the library:
+    oneDNN's packed copy or nn.Linear's plain weight, never a timed (load-dependent) choice."""
+    from transformerkit import runtime
+    from transformerkit.nn import linear
+    from transformerkit.nn.linear import can_pack_weights
+
+    monkeypatch.setattr(linear, "pack_weight", lambda weight: pytest.fail("timed: a pool of packed weights made"))
+    try:
+        for library, layout in (("default", "linear"), ("onednn", "packed" if can_pack_weights() else "linear")):
+            monkeypatch.setenv(runtime.MATMUL_ENV, library)
+            runtime.decoding_layout_choice.cache_clear()
+            assert runtime.decoding_layout_choice(2048, 512, torch.float32) == layout
+    finally:
+        runtime.decoding_layout_choice.cache_clear()

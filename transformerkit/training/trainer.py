@@ -565,7 +565,7 @@ class Trainer:
     def _announce(self, resume: bool, changes: dict[str, Any] | None) -> None:
         """Say, and record as metrics.jsonl's first record of this session, what the machine decided."""
         threads, library = runtime.threads_line(), None
-        if self.device.type == "cpu" and self.precision.name == "fp32":  # the library rounds, so runs record it
+        if self.device.type == "cpu" and self.precision.name == "fp32":  # libraries round differently: record it
             library = "onednn" if runtime.onednn_matmul_pays() else "default"
         self._log({"step": self.progress.step, "resumed": resume, "precision": self.precision.name,
                    "precision_reason": self.precision.reason, "threads": torch.get_num_threads(),
