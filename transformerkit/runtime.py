@@ -148,7 +148,7 @@ def decoding_layout_choice(out_features: int, in_features: int, dtype: torch.dty
     for the default library), untimed: the layouts round differently."""
     from .nn.linear import can_pack_weights, onednn_product, pack_weight
 
-    fixed = matmul_choice() if dtype == torch.float32 else "auto"  # the layouts round differently: no timing
+    fixed = matmul_choice() if dtype == torch.float32 else "auto"
     if fixed != "auto":
         return "packed" if fixed == "onednn" and can_pack_weights(dtype) else "linear"
     size = out_features * in_features * torch.empty((), dtype=dtype).element_size()
