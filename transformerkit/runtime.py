@@ -182,10 +182,15 @@ def matmul_choice() -> str:
     """$TRANSFORMERKIT_MATMUL: "onednn" or "default" fixes the float32 CPU matmul library, "auto" (or unset)
     times it (onednn_matmul_pays, decoding_layout_choice); checked when a command starts, so a typo is an error
     even where no float32 product would read it."""
-    choice = os.environ.get(MATMUL_ENV, "").strip() or "auto"
-    if choice not in ("auto", "onednn", "default"):
-        raise ConfigError(f"{MATMUL_ENV}: {choice!r} is not allowed; choose one of onednn, default, auto")
-    return choice
+    return environment_choice(MATMUL_ENV, ("auto", "onednn", "default")) or "auto"
+
+
+def environment_choice(name: str, allowed: tuple[str, ...]) -> str | None:
+    """The value of environment variable `name`, one of `allowed`, or None where it is unset or empty."""
+    value = os.environ.get(name, "").strip()
+    if value and value not in allowed:
+        raise ConfigError(f"{name}: {value!r} is not allowed; choose one of {', '.join(allowed)}")
+    return value or None
 
 
 @lru_cache(maxsize=None)
@@ -215,10 +220,8 @@ def choose_precision(requested: str = "auto", device: torch.device | str = "cpu"
     auto picks bfloat16 only where the device has native bfloat16 matmul and a timed probe at the model's
     width confirms it beats float32; everywhere else float32.
     """
-    override = os.environ.get(PRECISION_ENV, "").strip()
+    override = environment_choice(PRECISION_ENV, PRECISIONS)
     if override:
-        if override not in PRECISIONS:
-            raise ConfigError(f"{PRECISION_ENV}: {override!r} is not allowed; choose one of {', '.join(PRECISIONS)}")
         requested, source = override, f"{PRECISION_ENV}={override}"
     else:
         if requested not in PRECISIONS:
