@@ -192,3 +192,63 @@ def test_a_model_loaded_in_inference_mode_packs_and_runs(tmp_path, monkeypatch):
         loaded = tk.load(tmp_path / "ckpt", device="cpu")
         assert all(m.packed is not None for m in loaded.modules() if isinstance(m, Linear))
         torch.testing.assert_close(loaded(ids), model(ids), rtol=0, atol=1e-5)
+
+
+compiles = pytest.mark.skipif(runtime.compile_unavailable("cpu") is not None,
+                              reason="inductor cannot build kernels here")
+
+
+@compiles
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_row_kernel_gives_f_linears_outputs_for_one_row(dtype, bias):
+    torch.manual_seed(0)
+    layer = Linear(384, 200, bias=bias).to(dtype)
+    layer.stream_rows()
+    # one decoding step's attention output: heads joined by a reshape of a transposed view
+    x = torch.randn(1, 4, 1, 96, dtype=dtype).transpose(1, 2).reshape(1, 1, 384)  # (B, T, in)
+    with torch.no_grad():
+        streamed = layer(x)
+    tolerance = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(streamed, F.linear(x, layer.weight, layer.bias), **tolerance)
+    assert streamed.shape == (1, 1, 200)
+
+
+@compiles
+def test_the_row_kernel_serves_one_row_without_gradients_only_and_is_dropped_by_casts_and_copies(monkeypatch):
+    calls = []
+    layer = Linear(96, 80)
+    layer.stream_rows()
+    kernel = layer.row_product
+    layer.row_product = lambda *args: calls.append(args[0].shape) or kernel(*args)
+    x = torch.randn(1, 1, 96)
+    with torch.no_grad():
+        layer(x)
+        assert calls == [(1, 96)]
+        for rows in (torch.randn(2, 1, 96), torch.randn(1, 5, 96)):  # a batch's step, a prompt: not one row
+            torch.testing.assert_close(layer(rows), F.linear(rows, layer.weight, layer.bias))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            layer(x)
+    out = layer(x)  # a gradient to compute: F.linear's product, which has one
+    out.sum().backward()
+    assert calls == [(1, 96)] and layer.weight.grad is not None
+    with torch.no_grad():
+        layer.weight.mul_(2)  # read as it is at each call: nothing goes stale
+        layer.row_product = kernel
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+    for copied in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert copied.row_product is None
+    layer.double()
+    assert layer.row_product is None
+
+
+@compiles
+def test_inside_a_compiled_region_a_row_is_the_same_expression_fused():
+    """generate --compile: the region traces multiply-and-sum instead of calling the kernel."""
+    torch.manual_seed(0)
+    layer = Linear(96, 80)
+    layer.stream_rows()
+    layer.row_product = lambda *args: pytest.fail("the compiled kernel called from inside a compiled region")
+    x = torch.randn(1, 1, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(layer)(x), F.linear(x, layer.weight, layer.bias))

@@ -6,6 +6,7 @@ import torch
 import transformerkit as tk
 from transformerkit import CheckpointError
 from transformerkit.nn.linear import Linear, can_pack_weights
+from transformerkit.runtime import compile_unavailable
 from transformerkit.training.checkpoint import atomic_folder
 
 
@@ -174,3 +175,34 @@ def test_a_fixed_matmul_library_fixes_the_float32_decoding_layout_without_timing
             assert runtime.decoding_layout_choice(2048, 512, torch.float32) == layout
     finally:
         runtime.decoding_layout_choice.cache_clear()
+
+
+@pytest.mark.skipif(compile_unavailable("cpu") is not None, reason="inductor cannot build kernels here")
+def test_the_row_kernel_probe_times_large_weights_only_and_load_gives_them_the_kernel(tmp_path, monkeypatch):
+    """The probe answers for weights of 256 KB and up with the library chosen by timing (never where the suite fixes
+    it); with its answer injected, load gives every linear layer the kernel and one token's logits are the same."""
+    from transformerkit import runtime
+    from transformerkit.inference.generate import GenerationOptions, generate_ids
+
+    monkeypatch.setenv(runtime.MATMUL_ENV, "auto")
+    for probe in (runtime.decoding_layout_choice, runtime.row_kernel_pays):
+        probe.cache_clear()
+    try:
+        assert runtime.row_kernel_pays(64, 64, torch.float32) is False  # 16 KB: nothing compiled
+        assert runtime.row_kernel_pays(512, 384, torch.float32) in (True, False)  # 768 KB: timed
+        monkeypatch.setenv(runtime.MATMUL_ENV, "onednn")
+        assert runtime.row_kernel_pays(512, 512, torch.float32) is False
+    finally:
+        for probe in (runtime.decoding_layout_choice, runtime.row_kernel_pays):
+            probe.cache_clear()
+    model = tk.build_model(tk.preset("gpt-tiny")).eval()
+    tk.save(model, tmp_path / "ckpt")
+    monkeypatch.setattr(runtime, "row_kernel_pays", lambda out_features, in_features, dtype: True)
+    loaded = tk.load(tmp_path / "ckpt", device="cpu")
+    layers = [m for m in loaded.modules() if isinstance(m, Linear)]
+    assert layers and all(m.row_product is not None for m in layers)
+    ids = torch.randint(1, model.config.vocab_size, (1, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids[:, :1]), model(ids[:, :1]), rtol=0, atol=1e-5)
+    options = GenerationOptions(max_new_tokens=12, min_new_tokens=12, temperature=0.0)
+    assert generate_ids(loaded, ids.tolist(), options) == generate_ids(model, ids.tolist(), options)

@@ -11,6 +11,9 @@ additions differs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -25,6 +28,10 @@ MIN_MULTIPLY_ADDS = 1 << 20
 # A packed copy serves products of up to this many rows (decoding steps: one row per sequence or beam); larger ones
 # (a prompt's prefill, an encoder pass) go through `linear`, whose choice of library was timed at that size.
 PACKED_MAX_ROWS = 64
+# Weights smaller than this keep the libraries' one-row products: compiling a row kernel for a shape costs 0.1-3 s
+# (once per process and shape, less with inductor's cache on disk), and below this size a product takes a few
+# microseconds whichever code runs it.
+ROW_KERNEL_MIN_BYTES = 1 << 18
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -51,6 +58,7 @@ class Linear(nn.Linear):
 
     packed: Tensor | None = None  # the weight in oneDNN's blocked layout (pack_weight), for inference
     _packed_from: tuple[int, int | None] = (0, None)  # the weight's storage and version when it was packed
+    row_product: Callable | None = None  # a kernel compiled for one row through this weight (stream_rows)
 
     def pack(self) -> None:
         """Keep a copy of the weight in oneDNN's blocked layout, read instead of the weight where nothing needs a
@@ -63,21 +71,42 @@ class Linear(nn.Linear):
         # an inference-mode tensor has no version counter (and cannot be changed in place outside that mode)
         self._packed_from = (weight.data_ptr(), None if weight.is_inference() else weight._version)
 
+    def stream_rows(self) -> None:
+        """Send one-row products (a decoding step of one sequence) through a kernel compiled for this weight's
+        shape (row_kernel), which reads the weight itself, as it is when called: nothing to keep in step with
+        it. Dropped when the module is moved or cast."""
+        weight = self.weight
+        self.row_product = row_kernel(*weight.shape, weight.dtype, self.bias is not None)
+
     def _apply(self, fn, recurse: bool = True):
-        self.packed = None  # .to(), .float(), .cuda(): the copy would describe the old weight
+        self.packed = self.row_product = None  # .to(), .float(), .cuda(): both describe the old weight
         return super()._apply(fn, recurse)
 
     def __getstate__(self):
-        """Copies and pickles leave the packed copy behind (an opaque tensor has no storage to copy)."""
+        """Copies and pickles leave the packed copy and the row kernel behind (an opaque tensor has no storage
+        to copy; a compiled kernel does not pickle)."""
         state = dict(super().__getstate__())
         state.pop("packed", None)
+        state.pop("row_product", None)
         return state
 
     def forward(self, x: Tensor) -> Tensor:
         weight = self.weight  # read once: a module attribute lookup costs as much as the checks below
+        if self.row_product is not None and x.numel() == x.shape[-1] and self._row_product_applies(x, weight):
+            bias = () if self.bias is None else (self.bias,)
+            row = x.reshape(1, -1).contiguous()  # (1, in)
+            # inside a compiled region the same expression, which inductor fuses with its neighbours
+            y = multiply_and_sum(row, weight, *bias) if torch.compiler.is_compiling() else \
+                self.row_product(row, weight, *bias)
+            return y[0].view(*x.shape[:-1], -1)
         if self.packed is not None and not torch.compiler.is_compiling() and self._packed_applies(x, weight):
             return onednn_product(x, self.packed, self.bias)
         return linear(x, weight, self.bias)
+
+    def _row_product_applies(self, x: Tensor, weight: Tensor) -> bool:
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+        return (not needs_grad and x.dtype == weight.dtype and weight.is_contiguous() and x.device.type == "cpu"
+                and not torch.is_autocast_enabled("cpu"))
 
     def _packed_applies(self, x: Tensor, weight: Tensor) -> bool:
         version = None if weight.is_inference() else weight._version
@@ -107,6 +136,31 @@ def onednn_product(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
     """a (..., K) @ b (N, K)^T + bias through oneDNN, b plain or packed (pack_weight). oneDNN makes a contiguous
     copy of `a` where it is a transposed view (the weight gradient's g^T); `b` is read as it is strided."""
     return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
+
+
+@lru_cache(maxsize=None)
+def row_kernel(out_features: int, in_features: int, dtype: torch.dtype, bias: bool) -> Callable:
+    """A compiled one-row product: f(x (1, in), weight (out, in)[, bias (out,)]) -> (y (1, out),).
+
+    Written as multiply-and-sum, (weight * x).sum(-1), inductor turns it into one loop over the weight's rows,
+    split between the threads, each row streamed once from memory and reduced in vector registers (in float32
+    for bfloat16 weights). Decoding one sequence is one such product per layer, bound by the rate the weights
+    stream at, which differs by code: measured in runtime.row_kernel_pays. The graph is handed to inductor
+    directly rather than through torch.compile, whose guards cost about 14 us a call on an AMD EPYC: as long as
+    the product itself for a 1536 x 384 weight held in the caches. Compiled once per process, shape and dtype."""
+    from torch._inductor import compile as inductor_compile
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    examples = [torch.zeros(1, in_features, dtype=dtype), torch.zeros(out_features, in_features, dtype=dtype)]
+    examples += [torch.zeros(out_features, dtype=dtype)] if bias else []
+    with torch.inference_mode(False), torch.no_grad():
+        return inductor_compile(make_fx(multiply_and_sum)(*examples), examples)
+
+
+def multiply_and_sum(x: Tensor, weight: Tensor, *bias: Tensor) -> tuple[Tensor]:
+    """x (1, in) @ weight (out, in)^T + bias, as row_kernel's inductor reads it -> (y (1, out),)."""
+    y = (weight * x).sum(-1)  # (out, in) * (1, in) -> (out,)
+    return ((y + bias[0] if bias else y)[None],)
 
 
 def _use_onednn(x: Tensor, weight: Tensor) -> bool:
