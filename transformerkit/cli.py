@@ -154,7 +154,7 @@ def info(args: argparse.Namespace) -> None:
     from .loading import load
     from .summary import describe, parameter_table
 
-    model = load(args.path, device=args.device or "cpu")
+    model = load(args.path, device=args.device or "cpu", layout=False)  # nothing decodes
     print(describe(model.config))
     for key, value in model.config.to_dict().items():
         print(f"  {key:22} {value}")
@@ -177,7 +177,8 @@ def quantize(args: argparse.Namespace) -> None:
     from .training.checkpoint import save
 
     exact = args.to == "int4" and args.group_size == 32 and resolve(args.model).suffix == ".gguf"
-    model = load(args.model, device="cpu", quantize="gguf" if exact else None)  # a GGUF file's 4-bit blocks stay
+    # a GGUF file's 4-bit blocks stay; nothing decodes, so no decoding layout
+    model = load(args.model, device="cpu", quantize="gguf" if exact else None, layout=False)
     before = weight_bytes(model)
     save(quantize_model(model, args.to, args.group_size), args.out)
     print(f"wrote {args.out}: {args.to}, {weight_bytes(model) / 1e6:.1f} MB of tensors (was {before / 1e6:.1f} MB)")
@@ -191,7 +192,7 @@ def export(args: argparse.Namespace) -> None:
     from .interop.huggingface import export_hf
     from .loading import load
 
-    kind = export_hf(load(args.model, device="cpu"), args.out)
+    kind = export_hf(load(args.model, device="cpu", layout=False), args.out)
     print(f"wrote {args.out} (model_type {kind})")
 
 

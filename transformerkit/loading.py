@@ -133,7 +133,7 @@ def decoding_layout(model: nn.Module) -> None:
             module.pack()  # it serves few-row products: a batch's decoding step, a beam's
         if isinstance(module, Linear):
             module.row_product = None  # the choice made for another dtype
-            if runtime.row_kernel_pays(*weight.shape, weight.dtype):
+            if runtime.row_kernel_pays(*weight.shape, weight.dtype, module.bias is not None):
                 module.stream_rows()  # one row: one sequence's decoding step
 
 

@@ -148,14 +148,13 @@ def decoding_layout_choice(out_features: int, in_features: int, dtype: torch.dty
     for the default library), untimed: the layouts round differently."""
     from .nn.linear import can_pack_weights, onednn_product, pack_weight
 
-    fixed = matmul_choice() if dtype == torch.float32 else "auto"
-    if fixed != "auto":
-        return "packed" if fixed == "onednn" and can_pack_weights(dtype) else "linear"
+    if _fixed_float32_library(dtype):
+        return "packed" if matmul_choice() == "onednn" and can_pack_weights(dtype) else "linear"
     x, pool = _layout_pool(out_features, in_features, dtype)
     linear = torch.nn.functional.linear
     pools = {"linear": pool}
     runs = {"linear": lambda weight: linear(x, weight)}
-    if pool[0].numel() * pool[0].element_size() >= _TRANSPOSE_MIN_BYTES:
+    if _weight_bytes(out_features, in_features, dtype) >= _TRANSPOSE_MIN_BYTES:
         pools["transposed"] = [weight.t().contiguous().t() for weight in pool]
         runs["transposed"] = runs["linear"]
     if can_pack_weights(dtype):
@@ -167,7 +166,7 @@ def decoding_layout_choice(out_features: int, in_features: int, dtype: torch.dty
 
 
 @lru_cache(maxsize=None)
-def row_kernel_pays(out_features: int, in_features: int, dtype: torch.dtype) -> bool:
+def row_kernel_pays(out_features: int, in_features: int, dtype: torch.dtype, bias: bool) -> bool:
     """Whether one token through an (out, in) linear layer runs faster through a kernel compiled for its shape
     (nn/linear.py, row_kernel) than through the layout decoding_layout_choice picked, timed the same way (a pool
     past the caches) and winning by 5%. Measured on an AMD EPYC (AVX-512 bf16), 2 threads, float32, passes over
@@ -176,32 +175,43 @@ def row_kernel_pays(out_features: int, in_features: int, dtype: torch.dtype) -> 
     and was level for GPT-2's 50257x768 output layer (45.5); greedy decoding of one sequence went from 65 to 104
     tokens/s at GPT-2 small's size and from 490 to 673 at the character model's (the same tokens out). bfloat16
     gained less (oneDNN's bf16 kernels stream well): 140 to 143 and 635 to 680. Not tried where inductor cannot
-    build kernels (no C++ compiler), for weights under ROW_KERNEL_MIN_BYTES, on the transposed layout (the kernel
-    reads rows), or where $TRANSFORMERKIT_MATMUL fixes float32's library."""
+    build kernels (no C++ compiler, or one that fails to build this kernel), for weights under ROW_KERNEL_MIN_BYTES,
+    on the transposed layout (the kernel reads rows), or where $TRANSFORMERKIT_MATMUL fixes float32's library."""
     from .nn.linear import ROW_KERNEL_MIN_BYTES, onednn_product, pack_weight, row_kernel
 
-    size = out_features * in_features * torch.empty((), dtype=dtype).element_size()
-    fixed = dtype == torch.float32 and matmul_choice() != "auto"
-    if size < ROW_KERNEL_MIN_BYTES or fixed or compile_unavailable("cpu") is not None:
+    if (_weight_bytes(out_features, in_features, dtype) < ROW_KERNEL_MIN_BYTES or _fixed_float32_library(dtype)
+            or compile_unavailable("cpu") is not None):
         return False
     layout = decoding_layout_choice(out_features, in_features, dtype)
     if layout == "transposed":
         return False
+    try:
+        kernel = row_kernel(out_features, in_features, dtype, bias, torch.get_num_threads())
+    except Exception:  # a compiler inductor cannot build with (no OpenMP headers, say): no kernel, not a failed load
+        return False
     x, pool = _layout_pool(out_features, in_features, dtype)
-    kernel = row_kernel(out_features, in_features, dtype, False)
+    biases = [torch.zeros(out_features, dtype=dtype)] if bias else []
     if layout == "packed":
-        chosen = _pool_pass(lambda packed: onednn_product(x, packed), [pack_weight(weight) for weight in pool])
+        chosen = _pool_pass(lambda packed: onednn_product(x, packed, *biases), [pack_weight(w) for w in pool])
     else:
-        chosen = _pool_pass(lambda weight: torch.nn.functional.linear(x, weight), pool)
-    return _pool_pass(lambda weight: kernel(x, weight), pool) < 0.95 * chosen
+        chosen = _pool_pass(lambda weight: torch.nn.functional.linear(x, weight, *biases), pool)
+    return _pool_pass(lambda weight: kernel(x, weight, *biases), pool) < 0.95 * chosen
+
+
+def _fixed_float32_library(dtype: torch.dtype) -> bool:
+    """Whether $TRANSFORMERKIT_MATMUL fixes how float32 multiplies (so nothing timed may choose it)."""
+    return dtype == torch.float32 and matmul_choice() != "auto"
 
 
 def _layout_pool(out_features: int, in_features: int, dtype: torch.dtype) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """One token's input (1, in) and enough (out, in) weights to pass the caches, as a decoding step reads them."""
-    size = out_features * in_features * torch.empty((), dtype=dtype).element_size()
-    count = max(1, min(32, _LAYOUT_POOL_BYTES // size))
+    count = max(1, min(32, _LAYOUT_POOL_BYTES // _weight_bytes(out_features, in_features, dtype)))
     x = torch.full((1, in_features), 0.01, dtype=dtype)
     return x, [torch.full((out_features, in_features), 0.01, dtype=dtype) for _ in range(count)]
+
+
+def _weight_bytes(out_features: int, in_features: int, dtype: torch.dtype) -> int:
+    return out_features * in_features * torch.empty((), dtype=dtype).element_size()
 
 
 def _pool_pass(run, pool: list) -> float:

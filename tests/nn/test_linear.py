@@ -198,29 +198,33 @@ compiles = pytest.mark.skipif(runtime.compile_unavailable("cpu") is not None,
                               reason="inductor cannot build kernels here")
 
 
+def counted_rows(layer: Linear) -> list:
+    """Stream the layer's rows and record the input shape of every call of its kernel."""
+    layer.stream_rows()
+    calls, kernel = [], layer.row_product
+    layer.row_product = lambda *args: calls.append(tuple(args[0].shape)) or kernel(*args)
+    return calls
+
+
 @compiles
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bias", [True, False])
 def test_the_row_kernel_gives_f_linears_outputs_for_one_row(dtype, bias):
     torch.manual_seed(0)
     layer = Linear(384, 200, bias=bias).to(dtype)
-    layer.stream_rows()
-    # one decoding step's attention output: heads joined by a reshape of a transposed view
-    x = torch.randn(1, 4, 1, 96, dtype=dtype).transpose(1, 2).reshape(1, 1, 384)  # (B, T, in)
+    calls = counted_rows(layer)
+    x = torch.randn(1, 1, 768, dtype=dtype)[..., ::2]  # (B, T, in), every other value: not contiguous
     with torch.no_grad():
         streamed = layer(x)
     tolerance = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
     torch.testing.assert_close(streamed, F.linear(x, layer.weight, layer.bias), **tolerance)
-    assert streamed.shape == (1, 1, 200)
+    assert streamed.shape == (1, 1, 200) and calls == [(1, 384)]
 
 
 @compiles
-def test_the_row_kernel_serves_one_row_without_gradients_only_and_is_dropped_by_casts_and_copies(monkeypatch):
-    calls = []
+def test_the_row_kernel_serves_one_row_without_gradients_only_and_is_dropped_by_casts_and_copies():
     layer = Linear(96, 80)
-    layer.stream_rows()
-    kernel = layer.row_product
-    layer.row_product = lambda *args: calls.append(args[0].shape) or kernel(*args)
+    calls = counted_rows(layer)
     x = torch.randn(1, 1, 96)
     with torch.no_grad():
         layer(x)
@@ -229,13 +233,18 @@ def test_the_row_kernel_serves_one_row_without_gradients_only_and_is_dropped_by_
             torch.testing.assert_close(layer(rows), F.linear(rows, layer.weight, layer.bias))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             layer(x)
+        with pytest.raises(RuntimeError, match="dtype"):  # another dtype than the weight's: F.linear's error
+            layer(x.double())
     out = layer(x)  # a gradient to compute: F.linear's product, which has one
     out.sum().backward()
     assert calls == [(1, 96)] and layer.weight.grad is not None
+    layer.weight.requires_grad_(False)  # a frozen weight with a trainable bias: the bias still needs its gradient
+    layer(x).sum().backward()
+    assert calls == [(1, 96)] and layer.bias.grad is not None
     with torch.no_grad():
-        layer.weight.mul_(2)  # read as it is at each call: nothing goes stale
-        layer.row_product = kernel
+        layer.weight.mul_(2)  # read as it is at each call: a change in place needs nothing
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+        assert calls == [(1, 96), (1, 96)]
     for copied in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
         assert copied.row_product is None
     layer.double()
@@ -243,12 +252,67 @@ def test_the_row_kernel_serves_one_row_without_gradients_only_and_is_dropped_by_
 
 
 @compiles
+def test_a_row_kernel_that_no_longer_fits_its_layer_is_dropped_at_the_next_call():
+    """What the kernel was compiled for (shape, dtype, bias, threads) is checked at each call, not assumed."""
+    x = torch.randn(1, 96)
+    def replace(layer, out_features, dtype):  # as load_state_dict(assign=True) would: new tensors, not a cast
+        layer.weight = nn.Parameter(torch.randn(out_features, 96, dtype=dtype))
+        layer.bias = nn.Parameter(torch.randn(out_features, dtype=dtype))
+
+    changes = [lambda layer: setattr(layer.weight, "data", layer.weight.data.t().contiguous().t()),  # re-strided
+               lambda layer: replace(layer, 80, torch.bfloat16), lambda layer: replace(layer, 70, torch.float32),
+               lambda layer: setattr(layer, "bias", None),
+               lambda layer: torch.set_num_threads(torch.get_num_threads() + 1)]
+    threads = torch.get_num_threads()
+    try:
+        for change in changes:
+            layer = Linear(96, 80)
+            calls = counted_rows(layer)
+            change(layer)
+            with torch.no_grad():
+                out = layer(x.to(layer.weight.dtype))
+            torch.testing.assert_close(out, F.linear(x.to(layer.weight.dtype), layer.weight, layer.bias))
+            assert calls == []
+    finally:
+        torch.set_num_threads(threads)
+
+
+@compiles
+def test_the_row_kernel_runs_on_a_serving_thread_in_inference_mode():
+    import threading
+
+    layer = Linear(96, 80)
+    calls = counted_rows(layer)
+    x, out = torch.randn(1, 96), []
+
+    def serve():
+        with torch.inference_mode():
+            out.append(layer(x))
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    thread.join()
+    torch.testing.assert_close(out[0], F.linear(x, layer.weight, layer.bias).detach())
+    assert calls == [(1, 96)]
+
+
+@compiles
 def test_inside_a_compiled_region_a_row_is_the_same_expression_fused():
-    """generate --compile: the region traces multiply-and-sum instead of calling the kernel."""
+    """generate --compile: the region traces multiply-and-sum (inductor fuses it) instead of calling the kernel
+    or F.linear."""
     torch.manual_seed(0)
     layer = Linear(96, 80)
     layer.stream_rows()
     layer.row_product = lambda *args: pytest.fail("the compiled kernel called from inside a compiled region")
+    graphs = []
+
+    def backend(graph, inputs):
+        graphs.append(graph)
+        return graph.forward
+
     x = torch.randn(1, 1, 96)
     with torch.no_grad():
-        torch.testing.assert_close(torch.compile(layer)(x), F.linear(x, layer.weight, layer.bias))
+        torch.testing.assert_close(torch.compile(layer, backend=backend)(x), F.linear(x, layer.weight, layer.bias))
+    targets = {str(node.target) for graph in graphs for node in graph.graph.nodes}
+    assert not any("linear" in target or "addmm" in target for target in targets)
+    assert any("sum" in target for target in targets)

@@ -179,25 +179,34 @@ def test_a_fixed_matmul_library_fixes_the_float32_decoding_layout_without_timing
 
 @pytest.mark.skipif(compile_unavailable("cpu") is not None, reason="inductor cannot build kernels here")
 def test_the_row_kernel_probe_times_large_weights_only_and_load_gives_them_the_kernel(tmp_path, monkeypatch):
-    """The probe answers for weights of 256 KB and up with the library chosen by timing (never where the suite fixes
-    it); with its answer injected, load gives every linear layer the kernel and one token's logits are the same."""
+    """The probe compiles and times a kernel for weights of 256 KB and up, with the library chosen by timing
+    (never where the suite fixes it); with its answer injected, load gives every linear layer the kernel and one
+    token's logits and a greedy generation are the same."""
     from transformerkit import runtime
     from transformerkit.inference.generate import GenerationOptions, generate_ids
+    from transformerkit.nn import linear
 
+    compiled = []
+    kernel = linear.row_kernel
+    monkeypatch.setattr(linear, "row_kernel", lambda *key: compiled.append(key[:4]) or kernel(*key))
     monkeypatch.setenv(runtime.MATMUL_ENV, "auto")
     for probe in (runtime.decoding_layout_choice, runtime.row_kernel_pays):
         probe.cache_clear()
     try:
-        assert runtime.row_kernel_pays(64, 64, torch.float32) is False  # 16 KB: nothing compiled
-        assert runtime.row_kernel_pays(512, 384, torch.float32) in (True, False)  # 768 KB: timed
+        assert runtime.row_kernel_pays(64, 64, torch.float32, True) is False  # 16 KB: nothing compiled
+        assert compiled == []
+        runtime.row_kernel_pays(512, 384, torch.float32, True)  # 768 KB: either answer is right, on some machine
+        layout = runtime.decoding_layout_choice(512, 384, torch.float32)
+        assert compiled == ([] if layout == "transposed" else [(512, 384, torch.float32, True)])
         monkeypatch.setenv(runtime.MATMUL_ENV, "onednn")
-        assert runtime.row_kernel_pays(512, 512, torch.float32) is False
+        assert runtime.row_kernel_pays(512, 512, torch.float32, True) is False
+        assert len(compiled) <= 1
     finally:
         for probe in (runtime.decoding_layout_choice, runtime.row_kernel_pays):
             probe.cache_clear()
     model = tk.build_model(tk.preset("gpt-tiny")).eval()
     tk.save(model, tmp_path / "ckpt")
-    monkeypatch.setattr(runtime, "row_kernel_pays", lambda out_features, in_features, dtype: True)
+    monkeypatch.setattr(runtime, "row_kernel_pays", lambda out_features, in_features, dtype, bias: True)
     loaded = tk.load(tmp_path / "ckpt", device="cpu")
     layers = [m for m in loaded.modules() if isinstance(m, Linear)]
     assert layers and all(m.row_product is not None for m in layers)

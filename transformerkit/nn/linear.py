@@ -54,11 +54,13 @@ def add_linear(out: Tensor, x: Tensor, weight: Tensor) -> Tensor:
 
 class Linear(nn.Linear):
     """nn.Linear (same parameters, same state dict, same initialisation) whose product goes through `linear`, or,
-    after `pack()`, through a packed copy of the weight for the few-row products of decoding."""
+    for the few-row products of decoding, through a packed copy of the weight (`pack()`) or, for one row, a kernel
+    compiled for its shape (`stream_rows()`)."""
 
     packed: Tensor | None = None  # the weight in oneDNN's blocked layout (pack_weight), for inference
     _packed_from: tuple[int, int | None] = (0, None)  # the weight's storage and version when it was packed
-    row_product: Callable | None = None  # a kernel compiled for one row through this weight (stream_rows)
+    row_product: Callable | None = None  # row_kernel for this weight, for inference (stream_rows)
+    _row_for: tuple = ()  # what row_product was compiled for (_row_key)
 
     def pack(self) -> None:
         """Keep a copy of the weight in oneDNN's blocked layout, read instead of the weight where nothing needs a
@@ -72,11 +74,16 @@ class Linear(nn.Linear):
         self._packed_from = (weight.data_ptr(), None if weight.is_inference() else weight._version)
 
     def stream_rows(self) -> None:
-        """Send one-row products (a decoding step of one sequence) through a kernel compiled for this weight's
-        shape (row_kernel), which reads the weight itself, as it is when called: nothing to keep in step with
-        it. Dropped when the module is moved or cast."""
+        """Send one-row products (a decoding step of one sequence) through a kernel compiled for this weight
+        (row_kernel). The kernel reads the weight as it is at each call, so a change in place needs nothing; a
+        weight or bias of another shape or dtype, or another thread count (built into the kernel), drops it at
+        the next call, and a move or cast at once."""
+        self._row_for = self._row_key()
+        self.row_product = row_kernel(*self._row_for)
+
+    def _row_key(self) -> tuple:
         weight = self.weight
-        self.row_product = row_kernel(*weight.shape, weight.dtype, self.bias is not None)
+        return (*weight.shape, weight.dtype, self.bias is not None, torch.get_num_threads())
 
     def _apply(self, fn, recurse: bool = True):
         self.packed = self.row_product = None  # .to(), .float(), .cuda(): both describe the old weight
@@ -96,26 +103,34 @@ class Linear(nn.Linear):
             bias = () if self.bias is None else (self.bias,)
             row = x.reshape(1, -1).contiguous()  # (1, in)
             # inside a compiled region the same expression, which inductor fuses with its neighbours
-            y = multiply_and_sum(row, weight, *bias) if torch.compiler.is_compiling() else \
-                self.row_product(row, weight, *bias)
-            return y[0].view(*x.shape[:-1], -1)
+            (y,) = multiply_and_sum(row, weight, *bias) if torch.compiler.is_compiling() else \
+                self.row_product(row, weight, *bias)  # (1, out)
+            return y.view(*x.shape[:-1], -1)
         if self.packed is not None and not torch.compiler.is_compiling() and self._packed_applies(x, weight):
             return onednn_product(x, self.packed, self.bias)
         return linear(x, weight, self.bias)
 
     def _row_product_applies(self, x: Tensor, weight: Tensor) -> bool:
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-        return (not needs_grad and x.dtype == weight.dtype and weight.is_contiguous() and x.device.type == "cpu"
-                and not torch.is_autocast_enabled("cpu"))
+        if self._row_key() != self._row_for:
+            self.row_product = None  # stale: the weight, the bias or the thread count changed since
+            return False
+        return self._without_autograd(x, weight) and weight.is_contiguous() and x.device.type == "cpu"
 
     def _packed_applies(self, x: Tensor, weight: Tensor) -> bool:
         version = None if weight.is_inference() else weight._version
         if (weight.data_ptr(), version) != self._packed_from:
             self.packed = None  # stale: the weight changed since it was packed
             return False
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-        return (not needs_grad and x.dtype == weight.dtype and not torch.is_autocast_enabled("cpu")
-                and x.numel() <= PACKED_MAX_ROWS * x.shape[-1])
+        return self._without_autograd(x, weight) and x.numel() <= PACKED_MAX_ROWS * x.shape[-1]
+
+    def _without_autograd(self, x: Tensor, weight: Tensor) -> bool:
+        """Whether a product outside autograd and autocast (a packed copy, a row kernel) may serve this call:
+        nothing needs a gradient, and x, the weight and the bias share one dtype."""
+        bias = self.bias
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                                  or (bias is not None and bias.requires_grad))
+        return (not needs_grad and x.dtype == weight.dtype and (bias is None or bias.dtype == weight.dtype)
+                and not torch.is_autocast_enabled("cpu"))
 
 
 def can_pack_weights(dtype: torch.dtype = torch.float32) -> bool:
@@ -139,7 +154,7 @@ def onednn_product(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 @lru_cache(maxsize=None)
-def row_kernel(out_features: int, in_features: int, dtype: torch.dtype, bias: bool) -> Callable:
+def row_kernel(out_features: int, in_features: int, dtype: torch.dtype, bias: bool, threads: int) -> Callable:
     """A compiled one-row product: f(x (1, in), weight (out, in)[, bias (out,)]) -> (y (1, out),).
 
     Written as multiply-and-sum, (weight * x).sum(-1), inductor turns it into one loop over the weight's rows,
@@ -147,7 +162,8 @@ def row_kernel(out_features: int, in_features: int, dtype: torch.dtype, bias: bo
     for bfloat16 weights). Decoding one sequence is one such product per layer, bound by the rate the weights
     stream at, which differs by code: measured in runtime.row_kernel_pays. The graph is handed to inductor
     directly rather than through torch.compile, whose guards cost about 14 us a call on an AMD EPYC: as long as
-    the product itself for a 1536 x 384 weight held in the caches. Compiled once per process, shape and dtype."""
+    the product itself for a 1536 x 384 weight held in the caches. Compiled once per process, shape, dtype and
+    thread count (inductor builds the count of the moment into the loop)."""
     from torch._inductor import compile as inductor_compile
     from torch.fx.experimental.proxy_tensor import make_fx
 
