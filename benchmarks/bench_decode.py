@@ -77,13 +77,13 @@ def run_decoder(size: str, dtype: torch.dtype, repeats: int, bandwidth: float) -
         options = GenerationOptions(max_new_tokens=new, min_new_tokens=new, temperature=temperature, beam=beam,
                                     seed=0 if temperature else None)
         ours_run = lambda: generate_ids(ours, prompts.tolist(), options)  # noqa: E731
-        ours_seconds = _best(ours_run, repeats)
-        share = model_share(ours_run, ours)
         hf_options = dict(max_new_tokens=new, min_new_tokens=new, num_beams=beam, do_sample=temperature > 0,
                           top_k=0, top_p=1.0, temperature=1.0, pad_token_id=0)
         with torch.no_grad():
-            ref_seconds = _best(lambda: reference.generate(prompts, attention_mask=torch.ones_like(prompts),
-                                                           **hf_options), repeats)
+            ours_seconds, ref_seconds = _best_in_turn(
+                ours_run, lambda: reference.generate(prompts, attention_mask=torch.ones_like(prompts), **hf_options),
+                repeats)
+        share = model_share(ours_run, ours)
         rows.append(_row(size, dtype, mode, batch, batch * new, ours_seconds, ref_seconds,
                          "GPT2LMHeadModel.generate", share, batch * steps_ceiling))
     return rows
@@ -130,9 +130,8 @@ def run_translation(dtype: torch.dtype, repeats: int, run: str | None, bandwidth
                                    eos_token_id=c.eos_id, pad_token_id=c.pad_id)
 
         with torch.no_grad():
-            ours_seconds = _best(ours, repeats)
+            ours_seconds, ref_seconds = _best_in_turn(ours, hf, repeats)
             share = model_share(ours, model)
-            ref_seconds = _best(hf, repeats)
         rows.append(_row("multi30k-de-en", dtype, mode, batch, sentences * new, ours_seconds, ref_seconds,
                          "MarianMTModel.generate", share, batch * steps_ceiling))
     return rows
@@ -169,14 +168,18 @@ def model_share(fn, model) -> float:
     return spent[0] / total
 
 
-def _best(fn, repeats: int) -> float:
-    fn()  # warm up
-    times = []
+def _best_in_turn(ours, reference, repeats: int) -> tuple[float, float]:
+    """The best time of each of two runs, timed in turn (ours, the reference, ours, ...) after one untimed call of
+    each: a decoding step reads every weight, so its speed follows the host's memory rate, which on a shared
+    machine drifts over minutes (two blocks timed one after the other moved the ratio by up to 25%)."""
+    ours(), reference()
+    times = ([], [])
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for fn, spent in zip((ours, reference), times):
+            start = time.perf_counter()
+            fn()
+            spent.append(time.perf_counter() - start)
+    return min(times[0]), min(times[1])
 
 
 def _row(size, dtype, mode, batch, tokens, ours_seconds, ref_seconds, reference, share, ceiling) -> dict:
