@@ -28,9 +28,9 @@ MIN_MULTIPLY_ADDS = 1 << 20
 # A packed copy serves products of up to this many rows (decoding steps: one row per sequence or beam); larger ones
 # (a prompt's prefill, an encoder pass) go through `linear`, whose choice of library was timed at that size.
 PACKED_MAX_ROWS = 64
-# Weights smaller than this keep the libraries' one-row products: compiling a row kernel for a shape costs 0.1-3 s
-# (once per process and shape, less with inductor's cache on disk), and below this size a product takes a few
-# microseconds whichever code runs it.
+# Weights smaller than this keep the libraries' one-row products: a row kernel costs 0.05 s a shape with inductor's
+# cache on disk and 0.5 s without (about 3 s more once per process, to import and start inductor; AMD EPYC), and
+# below this size a product takes a few microseconds whichever code runs it.
 ROW_KERNEL_MIN_BYTES = 1 << 18
 
 
