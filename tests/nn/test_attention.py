@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from transformerkit import ModelConfig
+from transformerkit import ModelConfig, runtime
 from transformerkit.nn import KVCache, MultiHeadAttention, scaled_dot_product_attention
 from transformerkit.nn import attention as attention_module
 from transformerkit.nn.masks import attention_mask, causal_mask, to_key_padding
@@ -61,7 +61,7 @@ def test_the_module_runs_the_fused_kernel_where_chosen_and_it_gives_the_written_
     attention = MultiHeadAttention(config(n_kv_heads=2)).eval()
     x = torch.randn(2, 7, 32)
     calls = []
-    monkeypatch.setattr(attention_module, "_written_out_is_faster", lambda q, k: False)
+    monkeypatch.setattr(attention_module, "_written_out_is_faster", lambda *_: False)
     monkeypatch.setattr(attention_module, "fused_attention",
                         lambda *a: calls.append(a) or attention_module.F.scaled_dot_product_attention(
                             *a[:3], attn_mask=a[3], is_causal=a[4], dropout_p=a[5], enable_gqa=True))
@@ -76,9 +76,47 @@ def test_the_cpu_crossover_writes_attention_out_for_short_sequences_only():
     short, long = torch.randn(1, 4, 20, 8), torch.randn(1, 4, 300, 8)
     assert attention_module._written_out_is_faster(short, short)
     assert not attention_module._written_out_is_faster(long, long)
-    with torch.no_grad():  # bfloat16 training's fused backward is slow: a higher crossover, but only with grads
-        assert not attention_module._written_out_is_faster(short.bfloat16(), torch.randn(1, 4, 200, 8).bfloat16())
-    assert attention_module._written_out_is_faster(short.bfloat16(), torch.randn(1, 4, 200, 8).bfloat16())
+    with torch.no_grad():  # bfloat16 without gradients: the same crossover as float32
+        assert attention_module._written_out_is_faster(short.bfloat16(), short.bfloat16())
+        assert not attention_module._written_out_is_faster(long.bfloat16(), long.bfloat16())
+
+
+def test_training_in_bfloat16_asks_the_probe_for_the_shapes_size_class(monkeypatch):
+    asked = []
+    monkeypatch.setattr(runtime, "fused_attention_trains_faster", lambda *a: asked.append(a) or True)
+    q, k = torch.randn(3, 4, 20, 8).bfloat16(), torch.randn(3, 4, 200, 8).bfloat16()
+    padding = torch.ones(3, 1, 1, 200, dtype=torch.bool)
+    assert not attention_module._written_out_is_faster(q, k)  # the probe said fused
+    assert not attention_module._written_out_is_faster(q, k, padding)
+    assert not attention_module._written_out_is_faster(q, q, None, True)
+    # 3 x 4 heads -> 16 slices, 20 queries -> 32, 200 keys -> 256
+    assert asked == [(torch.bfloat16, 16, 32, 256, 8, None), (torch.bfloat16, 16, 32, 256, 8, "padding"),
+                     (torch.bfloat16, 16, 32, 32, 8, "causal")]
+    huge = torch.randn(64, 16, 1000, 8).bfloat16()  # slices capped so that a probe times PROBE_SCORES scores
+    attention_module._written_out_is_faster(huge, huge)
+    assert asked[-1][1:4] == (attention_module.PROBE_SCORES // 1024 ** 2, 1024, 1024)
+    with torch.no_grad():  # not training, float32: the fixed crossover, no probe
+        attention_module._written_out_is_faster(q, k)
+    attention_module._written_out_is_faster(q.float(), k.float())
+    assert len(asked) == 4
+
+
+@pytest.mark.parametrize("mask", [None, "padding", "causal"])
+def test_the_probe_times_both_kernels_and_wants_the_fused_one_10_percent_faster(monkeypatch, mask):
+    ran = []
+
+    def timed(fn, repeats):  # runs each kernel once (forward and backward) and reports a fixed time
+        fn()
+        ran.append(fn.__name__)
+        return times[fn.__name__]
+
+    monkeypatch.setattr(runtime, "_fastest", timed)
+    for fused, expected in ((0.85, True), (0.95, False)):
+        times = {"fused": fused, "written": 1.0}
+        runtime.fused_attention_trains_faster.cache_clear()
+        assert runtime.fused_attention_trains_faster(torch.bfloat16, 4, 8, 8, 8, mask) is expected
+    assert sorted(ran) == ["fused", "fused", "written", "written"]
+    runtime.fused_attention_trains_faster.cache_clear()
 
 
 @torch.no_grad()
@@ -172,7 +210,7 @@ def copy_into_torch(ours: MultiHeadAttention, d_model: int, n_heads: int) -> nn.
 def test_self_attention_matches_torch_with_padding_and_causal_masks(fused, monkeypatch):
     ours = MultiHeadAttention(config()).eval()
     ours.fused = fused
-    monkeypatch.setattr(attention_module, "_written_out_is_faster", lambda q, k: False)  # fused means fused
+    monkeypatch.setattr(attention_module, "_written_out_is_faster", lambda *_: False)  # fused means fused
     reference = copy_into_torch(ours, 32, 4)
     x = torch.randn(3, 7, 32)
     key_mask = torch.ones(3, 7, dtype=torch.bool)
@@ -237,3 +275,11 @@ def test_fused_equals_written_out_for_any_shape(tq, extra, heads, pad):
     written, weights = scaled_dot_product_attention(q, k, v, mask, is_causal)
     torch.testing.assert_close(fused_attention(q, k, v, mask, is_causal), written, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(weights.sum(-1), torch.ones_like(weights.sum(-1)))
+
+
+def test_the_probe_leaves_the_global_random_state_alone():  # else probing mid-training changes its dropout
+    runtime.fused_attention_trains_faster.cache_clear()
+    state = torch.get_rng_state()
+    runtime.fused_attention_trains_faster(torch.bfloat16, 2, 8, 8, 8, "causal")
+    assert torch.equal(torch.get_rng_state(), state)
+    runtime.fused_attention_trains_faster.cache_clear()

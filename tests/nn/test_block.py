@@ -108,7 +108,7 @@ def test_scale_attention_off_multiplies_raw_dot_products(fused, monkeypatch):
     """scale_attention=False equals attention on queries pre-multiplied by sqrt(D), in both kernels."""
     from transformerkit.nn.attention import MultiHeadAttention
 
-    monkeypatch.setattr("transformerkit.nn.attention._written_out_is_faster", lambda q, k: not fused)
+    monkeypatch.setattr("transformerkit.nn.attention._written_out_is_faster", lambda *_: not fused)
     torch.manual_seed(0)
     raw = MultiHeadAttention(ModelConfig(**{**config().to_dict(), "scale_attention": False}))
     scaled = MultiHeadAttention(config())

@@ -40,6 +40,20 @@ def test_bfloat16_autocast_is_close():
     assert abs(ours.item() - reference.item()) / reference.item() < 1e-2
 
 
+def test_bfloat16_autocast_gradients_are_close_over_several_chunks(monkeypatch):
+    monkeypatch.setattr(losses, "MIN_ROWS", 16)
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 16 * 300)  # 200 rows in 13 chunks
+    h = torch.randn(200, 32, requires_grad=True)
+    w = (torch.randn(300, 32) * 0.1).requires_grad_()
+    y = torch.randint(0, 300, (200,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = torch.autograd.grad(linear_cross_entropy(h, w, None, y, 0.1), (h, w))
+    reference = torch.autograd.grad(F.cross_entropy(h @ w.t(), y, label_smoothing=0.1, reduction="sum"), (h, w))
+    for got, want in zip(ours, reference):
+        assert got.dtype == torch.float32
+        assert (got - want).norm() / want.norm() < 1e-2
+
+
 def test_a_large_vocabulary_gets_chunks_of_at_least_min_rows(monkeypatch):
     """GPT-2's vocabulary would give 8 MB chunks of 41 rows; each chunk rewrites the whole weight gradient."""
     seen = []

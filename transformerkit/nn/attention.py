@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import runtime
 from ..config import ModelConfig
 from .kv_cache import KVCache
 from .linear import Linear
@@ -78,10 +79,17 @@ def fused_attention(
     )
 
 
-def _written_out_is_faster(q: Tensor, k: Tensor) -> bool:
+# scores in one probe of the attention kernels: a gpt2-small layer's (8 x 12 x 512 x 512) are 25M, so it is probed
+# on 64 of its 96 heads, about 0.3 s on a 2-core AMD EPYC
+PROBE_SCORES = 1 << 24
+
+
+def _written_out_is_faster(q: Tensor, k: Tensor, mask: Tensor | None = None, is_causal: bool = False) -> bool:
     """PyTorch's fused CPU kernel (flash attention) pays off only for long sequences. Measured forward and
-    backward on a 2-core Xeon: the written-out kernel is faster up to 64 keys in float32 (2x at 20 keys) and
-    up to 256 keys when training in bfloat16 (7x at 20 keys: the fused bfloat16 backward is slow).
+    backward on a 2-core Xeon: the written-out kernel is faster up to 64 keys in float32 (2x at 20 keys); on a
+    2-core AMD EPYC too (level at 64 and 128 keys, fused 1.2x faster at 256). Training in bfloat16 (or float16)
+    is timed instead (runtime.fused_attention_trains_faster): there machines disagree, the fused backward losing
+    at every length on one and winning from 256 keys on another.
 
     A decoding step (one query, no gradient) is another case. Measured on a 2-core AMD EPYC, 2 threads,
     keys read from a KV cache: in float32 the fused kernel is faster or level up to 512 keys (2.1x at batch 1
@@ -96,8 +104,18 @@ def _written_out_is_faster(q: Tensor, k: Tensor) -> bool:
         return False
     if q.shape[2] == 1 and not torch.is_grad_enabled():  # a decoding step
         return q.dtype == torch.bfloat16 and q.shape[1] == k.shape[1] and q.shape[0] * k.shape[2] >= 256
-    limit = 256 if q.dtype == torch.bfloat16 and torch.is_grad_enabled() else 64
-    return k.shape[2] <= limit
+    if q.dtype.itemsize == 2 and torch.is_grad_enabled():  # training in bfloat16 or float16: timed
+        kind = "causal" if is_causal else None if mask is None else "padding"
+        return not runtime.fused_attention_trains_faster(q.dtype, *_size_class(q, k), q.shape[3], kind)
+    return k.shape[2] <= 64
+
+
+def _size_class(q: Tensor, k: Tensor) -> tuple[int, int, int]:
+    """(batch x heads, queries, keys) rounded up to powers of two, so that a probe answers for a class of
+    shapes rather than for each batch, with batch x heads capped at PROBE_SCORES scores (a probe's cost)."""
+    t_query, t_key = (1 << (n - 1).bit_length() for n in (q.shape[2], k.shape[2]))
+    slices = 1 << (q.shape[0] * q.shape[1] - 1).bit_length()
+    return min(slices, max(1, PROBE_SCORES // (t_query * t_key))), t_query, t_key
 
 
 class MultiHeadAttention(nn.Module):
@@ -145,7 +163,7 @@ class MultiHeadAttention(nn.Module):
             if cache is not None:
                 k, v = cache.write(k, v, position)  # (B, Hkv, position + T, D)
         dropout_p = self.dropout_p if self.training else 0.0
-        if self.record_weights or not self.fused or _written_out_is_faster(q, k):
+        if self.record_weights or not self.fused or _written_out_is_faster(q, k, mask, is_causal):
             out, weights = scaled_dot_product_attention(q, k, v, mask, is_causal, dropout_p, self.scale)
             self.weights = weights.detach() if self.record_weights else None
         else:
