@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import tempfile
 import time
 
 import torch
-from common import RESULTS, copy_bandwidth, machine, machine_facts, machine_kind, print_table, write_json
+from common import RESULTS, copy_bandwidth, kept_rows, machine, machine_facts, machine_kind, print_table, write_json
 
 import transformerkit as tk
 from transformerkit import runtime
@@ -219,14 +218,6 @@ def main() -> None:
                                   "model share", "ceiling tok/s", "of ceiling"))
     name = f"bench_decode-{machine_kind()}.json"
     print(f"wrote {write_json(name, kept_rows(RESULTS / name, rows) + rows)}")
-
-
-def kept_rows(path, rows: list[dict]) -> list[dict]:
-    """The rows of an earlier run on this machine kind for the sizes and dtypes not measured now: each row is a
-    side-by-side comparison made in one run, so a run of some sizes adds to the file instead of replacing it."""
-    measured = {(r["size"], r["dtype"]) for r in rows}
-    earlier = json.loads(path.read_text()) if path.exists() else []
-    return [r for r in earlier if (r["size"], r["dtype"]) not in measured]
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ gpt2-small has no recipe of its own: it is the shakespeare-char recipe with GPT-
 vocabulary (50,257) on random token windows. float32 everywhere; bfloat16 only where this machine multiplies
 it natively (runtime.native_bf16): emulated bf16 is 4-80x slower and nobody would train in it. MFU is model
 FLOPs per second over the matmul rate of a large matmul in the same dtype, measured in the same run.
-Writes benchmarks/results/bench_train-<machine kind>.json.
+Writes benchmarks/results/bench_train-<machine kind>.json, keeping the rows of sizes not measured in this run.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import machine, machine_facts, machine_kind, print_table, write_json
+from common import RESULTS, kept_rows, machine, machine_facts, machine_kind, print_table, write_json
 
 import transformerkit as tk
 from transformerkit import runtime
@@ -208,7 +208,8 @@ def main() -> None:
     print_table([(r["size"], r["dtype"], round(r["ours_tokens_per_second"]), round(r["reference_tokens_per_second"]),
                   f"{r['speedup']:.2f}x", f"{r['mfu']:.1%}", f"{r['reference_mfu']:.1%}") for r in rows],
                 ("size", "dtype", "ours tok/s", "transformers tok/s", "speedup", "MFU", "reference MFU"))
-    print(f"wrote {write_json(f'bench_train-{machine_kind()}.json', rows)}")
+    name = f"bench_train-{machine_kind()}.json"
+    print(f"wrote {write_json(name, kept_rows(RESULTS / name, rows) + rows)}")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,14 @@ def write_json(name: str, data) -> Path:
     return path
 
 
+def kept_rows(path, rows: list[dict]) -> list[dict]:
+    """The rows of an earlier run on this machine kind for the sizes and dtypes not measured now: each row is a
+    side-by-side comparison made in one run, so a run of some sizes adds to the file instead of replacing it."""
+    measured = {(r["size"], r["dtype"]) for r in rows}
+    earlier = json.loads(path.read_text()) if path.exists() else []
+    return [r for r in earlier if (r["size"], r["dtype"]) not in measured]
+
+
 def print_table(rows, header) -> None:
     print(format_table([tuple(_fmt(v) for v in row) for row in rows], header))
 
