@@ -80,7 +80,7 @@ def fused_attention(
 
 
 # scores in one probe of the attention kernels: a gpt2-small layer's (8 x 12 x 512 x 512) are 25M, so it is probed
-# on 64 of its 96 heads, about 0.3 s on a 2-core AMD EPYC
+# on 64 of its 96 heads (0.5 s on a 2-core AMD EPYC)
 PROBE_SCORES = 1 << 24
 
 
