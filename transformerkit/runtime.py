@@ -210,9 +210,9 @@ def fused_attention_trains_faster(dtype: torch.dtype, slices: int, t_query: int,
     Measured (forward and backward, 2 threads), bfloat16 is where machines disagree: on a 2-core Xeon with AMX
     the fused kernel won from 256 keys on, while on an AMD EPYC with AVX-512 bf16 it lost at every length tried
     (causal, head width 64: 72 against 136 ms at 384 x 256 keys, 69 against 112 at 96 x 512, 123 against 136 at
-    48 x 1,024, 8 against 36 at 512 x 64); in a gpt2-small training step there (8 x 512 tokens) the written-out
-    kernel took the step from 6.08 to 5.48 s. The 10% margin keeps the written-out kernel, whose weights can be
-    inspected, where the two are close."""
+    48 x 1,024; head width 48: 8 against 36 at 512 x 64); in a gpt2-small training step there (8 x 512 tokens)
+    the written-out kernel took the step from 6.08 to 5.48 s. The 10% margin keeps the written-out kernel, whose
+    weights can be inspected, where the two are close."""
     from .nn.attention import fused_attention, scaled_dot_product_attention
 
     generator = torch.Generator().manual_seed(0)  # the global one is left as it was: a training run's dropout

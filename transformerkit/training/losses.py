@@ -71,8 +71,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad_weight = add_linear(grad_weight, g.t(), h.t())
             else:
                 # added to the float32 sum as it is read, not cast into a new tensor: two new (V, C) tensors a
-                # chunk were page-faulted in each time (gpt2-small bfloat16, 8 chunks: the step 5.7 -> 5.3 s,
-                # page faults 220-320k -> 0 a step, AMD EPYC avx512bf16)
+                # chunk were page-faulted in each time (gpt2-small bfloat16, 8 chunks: the step 5.7 -> 5.3 s; page
+                # faults 220-320k in every step before, none in most steps after; AMD EPYC avx512bf16)
                 grad_weight += torch.mm(g.t(), h, out=product)
             hidden_sum += h_exact.sum(dim=0)
             grad_weight.index_add_(0, y, h_exact, alpha=-(1 - eps))
