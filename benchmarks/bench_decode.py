@@ -8,7 +8,9 @@ the weights are the same): GPT2LMHeadModel for the decoders, MarianMTModel for t
 Greedy and sampling (temperature 1, no top-k) at batch 1 and 8, and beam 5 at batch 1, every output forced to
 the same number of new tokens (min = max) so the work is equal. The translation model is the multi30k-de-en
 recipe's size with fresh weights, post-norm (MarianMT has no pre-norm layout; the cost of a step is the
-same), or RUN's trained model. Ours is read back through tk.load, as the commands read a model. Each row
+same), or RUN's trained model. Ours is read back through tk.load, as the commands read a model. Ours runs twice
+in every case: as `generate` runs by default (eager steps), and with its decoding steps compiled whole
+(inference/step_graph.py, what `--compile` gives), the first call's compilation timed apart. Each row
 also gives the memory-bandwidth ceiling: a decoding step reads every weight once, so no implementation beats
 batch x (copy rate / weight bytes) tokens/s. dtypes default to float32, and bfloat16 where this machine
 multiplies it natively. Writes
@@ -30,6 +32,7 @@ import transformerkit as tk
 from transformerkit import runtime
 from transformerkit.data.batching import pad
 from transformerkit.inference.generate import GenerationOptions, generate_ids
+from transformerkit.inference.step_graph import compile_steps
 from transformerkit.inference.translate import decode_sources
 from transformerkit.quantize import weight_bytes
 from transformerkit.runtime import keep_freed_memory
@@ -68,6 +71,7 @@ def run_decoder(size: str, dtype: torch.dtype, repeats: int, bandwidth: float) -
         tk.export_hf(ours, folder)
         reference = transformers.GPT2LMHeadModel.from_pretrained(folder, dtype=dtype).eval()
     ours = as_loaded(ours, dtype)
+    graphs = step_graphs(ours)
     steps_ceiling = bandwidth / weight_bytes(ours)
     rows = []
     for mode, batch in CASES:
@@ -79,12 +83,12 @@ def run_decoder(size: str, dtype: torch.dtype, repeats: int, bandwidth: float) -
         hf_options = dict(max_new_tokens=new, min_new_tokens=new, num_beams=beam, do_sample=temperature > 0,
                           top_k=0, top_p=1.0, temperature=1.0, pad_token_id=0)
         with torch.no_grad():
-            ours_seconds, ref_seconds = _best_in_turn(
-                ours_run, lambda: reference.generate(prompts, attention_mask=torch.ones_like(prompts), **hf_options),
-                repeats)
-        share = model_share(ours_run, ours)
-        rows.append(_row(size, dtype, mode, batch, batch * new, ours_seconds, ref_seconds,
-                         "GPT2LMHeadModel.generate", share, batch * steps_ceiling))
+            seconds = _best_in_turn(
+                ours_run, compiled(ours, graphs, ours_run),
+                lambda: reference.generate(prompts, attention_mask=torch.ones_like(prompts), **hf_options), repeats)
+        shares = model_share(ours_run, ours), model_share(compiled(ours, graphs, ours_run), ours)
+        rows.append(_row(size, dtype, mode, batch, batch * new, seconds, "GPT2LMHeadModel.generate", shares,
+                         batch * steps_ceiling))
     return rows
 
 
@@ -107,6 +111,7 @@ def run_translation(dtype: torch.dtype, repeats: int, run: str | None, bandwidth
         tk.export_hf(model, folder)
         reference = transformers.MarianMTModel.from_pretrained(folder, dtype=dtype).eval()
     model = as_loaded(model, dtype)
+    graphs = step_graphs(model)
     c = model.config
     test = encode(model.source_tokenizer, multi30k("test_2016_flickr", "de", "en").sources[:sentences])
     steps_ceiling = bandwidth / weight_bytes(model)  # an upper bound: the encoder runs once, not every step
@@ -129,11 +134,29 @@ def run_translation(dtype: torch.dtype, repeats: int, run: str | None, bandwidth
                                    eos_token_id=c.eos_id, pad_token_id=c.pad_id)
 
         with torch.no_grad():
-            ours_seconds, ref_seconds = _best_in_turn(ours, hf, repeats)
-            share = model_share(ours, model)
-        rows.append(_row("multi30k-de-en", dtype, mode, batch, sentences * new, ours_seconds, ref_seconds,
-                         "MarianMTModel.generate", share, batch * steps_ceiling))
+            seconds = _best_in_turn(ours, compiled(model, graphs, ours), hf, repeats)
+            shares = model_share(ours, model), model_share(compiled(model, graphs, ours), model)
+        rows.append(_row("multi30k-de-en", dtype, mode, batch, sentences * new, seconds, "MarianMTModel.generate",
+                         shares, batch * steps_ceiling))
     return rows
+
+
+def step_graphs(model):
+    """The model's compiled decoding steps, made (they compile on first use) and put aside: `compiled` lends them."""
+    compile_steps(model)
+    graphs, model.step_graphs = model.step_graphs, None
+    return graphs
+
+
+def compiled(model, graphs, run):
+    """`run` with the model's decoding steps compiled whole (what --compile gives)."""
+    def with_graphs():
+        model.step_graphs = graphs
+        try:
+            return run()
+        finally:
+            model.step_graphs = None
+    return with_graphs
 
 
 @contextlib.contextmanager
@@ -167,28 +190,41 @@ def model_share(fn, model) -> float:
     return spent[0] / total
 
 
-def _best_in_turn(ours, reference, repeats: int) -> tuple[float, float]:
-    """The best time of each of two runs, timed in turn (ours, the reference, ours, ...) after one untimed call of
-    each: a decoding step reads every weight, so its speed follows the host's memory rate, which on a shared
-    machine drifts over minutes (two blocks timed one after the other moved the ratio by up to 25%)."""
-    ours(), reference()
-    times = ([], [])
+def _best_in_turn(ours, ours_compiled, reference, repeats: int) -> tuple[float, float, float, float]:
+    """The best time of each of three runs, timed in turn (ours, compiled, the reference, ours, ...) after one
+    untimed call of each (the compiled run's first call, which compiles, is timed apart: the last number): a
+    decoding step reads every weight, so its speed follows the host's memory rate, which on a shared machine
+    drifts over minutes (two blocks timed one after the other moved the ratio by up to 25%)."""
+    ours()
+    start = time.perf_counter()
+    ours_compiled()
+    first = time.perf_counter() - start
+    reference()
+    times = ([], [], [])
     for _ in range(repeats):
-        for fn, spent in zip((ours, reference), times):
+        for fn, spent in zip((ours, ours_compiled, reference), times):
             start = time.perf_counter()
             fn()
             spent.append(time.perf_counter() - start)
-    return min(times[0]), min(times[1])
+    best = [min(t) for t in times]
+    return best[0], best[1], best[2], max(0.0, first - best[1])
 
 
-def _row(size, dtype, mode, batch, tokens, ours_seconds, ref_seconds, reference, share, ceiling) -> dict:
+def _row(size, dtype, mode, batch, tokens, seconds, reference, shares, ceiling) -> dict:
+    ours_seconds, compiled_seconds, ref_seconds, compile_seconds = seconds
     row = {"size": size, "dtype": "bf16" if dtype == torch.bfloat16 else "fp32", "mode": mode, "batch": batch,
            "ours_tokens_per_second": tokens / ours_seconds, "reference_tokens_per_second": tokens / ref_seconds,
-           "speedup": ref_seconds / ours_seconds, "model_time_share": share,
+           "speedup": ref_seconds / ours_seconds, "model_time_share": shares[0],
+           "ours_compiled_tokens_per_second": tokens / compiled_seconds,
+           "compiled_speedup": ref_seconds / compiled_seconds, "compiled_model_time_share": shares[1],
+           "compile_seconds": compile_seconds,
            "bandwidth_ceiling_tokens_per_second": ceiling, "share_of_ceiling": tokens / ours_seconds / ceiling,
-           "reference": reference, **machine_facts()}
-    print(f"{size} {row['dtype']} {mode} batch {batch}: ours {row['ours_tokens_per_second']:.0f} tok/s, reference "
-          f"{row['reference_tokens_per_second']:.0f} tok/s ({row['speedup']:.2f}x)", flush=True)
+           "compiled_share_of_ceiling": tokens / compiled_seconds / ceiling, "reference": reference,
+           **machine_facts()}
+    print(f"{size} {row['dtype']} {mode} batch {batch}: ours {row['ours_tokens_per_second']:.0f} tok/s "
+          f"({row['speedup']:.2f}x), compiled {row['ours_compiled_tokens_per_second']:.0f} tok/s "
+          f"({row['compiled_speedup']:.2f}x, {compile_seconds:.0f} s to compile), reference "
+          f"{row['reference_tokens_per_second']:.0f} tok/s", flush=True)
     return row
 
 
@@ -212,10 +248,14 @@ def main() -> None:
                 raise SystemExit(f"bench_decode: {size}: {error}") from None
     print(f"on {machine()}")
     print_table([(r["size"], r["dtype"], r["mode"], r["batch"], round(r["ours_tokens_per_second"]),
-                  round(r["reference_tokens_per_second"]), f"{r['speedup']:.2f}x", f"{r['model_time_share']:.0%}",
-                  round(r["bandwidth_ceiling_tokens_per_second"]), f"{r['share_of_ceiling']:.0%}")
-                 for r in rows], ("size", "dtype", "mode", "batch", "ours tok/s", "transformers tok/s", "speedup",
-                                  "model share", "ceiling tok/s", "of ceiling"))
+                  round(r["ours_compiled_tokens_per_second"]), round(r["reference_tokens_per_second"]),
+                  f"{r['speedup']:.2f}x", f"{r['compiled_speedup']:.2f}x",
+                  f"{r['model_time_share']:.0%} / {r['compiled_model_time_share']:.0%}",
+                  round(r["bandwidth_ceiling_tokens_per_second"]), f"{r['compiled_share_of_ceiling']:.0%}",
+                  f"{r['compile_seconds']:.0f}")
+                 for r in rows], ("size", "dtype", "mode", "batch", "ours tok/s", "compiled tok/s",
+                                  "transformers tok/s", "speedup", "compiled speedup", "model share",
+                                  "ceiling tok/s", "compiled of ceiling", "compile s"))
     name = f"bench_decode-{machine_kind()}.json"
     print(f"wrote {write_json(name, kept_rows(RESULTS / name, rows) + rows)}")
 

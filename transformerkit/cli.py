@@ -112,11 +112,19 @@ def load_for_inference(args: argparse.Namespace, say: bool = False, expect=None)
     if device.type == "cpu" and quantization_of(model) is None:
         decoding_layout(model)  # after the cast: the layout is timed and packed for the dtype the model runs in
     if getattr(args, "compile", False):
-        from .nn.block import compile_blocks
+        if device.type == "cpu" and quantization_of(model) is None:
+            from .inference.step_graph import compile_steps
 
-        compiled = compile_blocks(model)
-        if say:
-            print(f"compiling {compiled} blocks (once, on the first tokens)", file=sys.stderr)
+            compile_steps(model)
+            if say:
+                print("compiling the decoding step (on the first tokens: 5-20 s for each batch size and 64 "
+                      "positions of cache)", file=sys.stderr)
+        else:
+            from .nn.block import compile_blocks
+
+            compiled = compile_blocks(model)
+            if say:
+                print(f"compiling {compiled} blocks (once, on the first tokens)", file=sys.stderr)
     if say:
         quantized = model.quantization["kind"] if getattr(model, "quantization", None) else "none"
         print(f"precision {precision.name} ({precision.reason}); quantized {quantized}; {threads_line()}",
@@ -333,7 +341,8 @@ GENERATION = [
     arg("--repetition-penalty", type=float, default=1.0),
     arg("--stop", action="append", default=[], metavar="TEXT", help="stop before this text (repeatable)"),
     arg("--seed", type=int), DTYPE, QUANTIZE, DEVICE,
-    arg("--compile", action="store_true", help="torch.compile the model's blocks first (about half a minute): "
+    arg("--compile", action="store_true", help="compile the decoding step whole (a float model on the CPU; "
+        "5-20 s on the first tokens) or the model's blocks (a quantized model, a GPU; about half a minute): "
         "faster decoding for long outputs and conversations"),
 ]
 

@@ -12,6 +12,7 @@ import ctypes
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -29,6 +30,7 @@ _tuned = False
 _threads_reason: str | None = None  # why choose_threads chose, once it has
 _TRANSPOSE_MIN_BYTES = 1 << 20  # smaller weights sit in the caches, where transposing was not seen to matter
 _LAYOUT_POOL_BYTES = 64 << 20  # weights per timed pass: past the caches, as a decoding step reads them
+_tracing = False  # inside traced_step
 
 
 @dataclass(frozen=True)
@@ -394,6 +396,22 @@ def best_device() -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def tracing() -> bool:
+    """Whether the code runs while inference/step_graph.py records a decoding step for inductor (traced_step)."""
+    return _tracing
+
+
+@contextmanager
+def traced_step():
+    """Mark the code run inside as a decoding step being recorded whole (see tracing)."""
+    global _tracing
+    before, _tracing = _tracing, True
+    try:
+        yield
+    finally:
+        _tracing = before
 
 
 def keep_freed_memory() -> None:

@@ -39,6 +39,8 @@ def beam_search(model: nn.Module, state, first_tokens: Tensor, beam: int, max_le
     tokens = first_tokens.repeat_interleave(K)[:, None]  # (B * K, 1)
     first_row = torch.arange(B, device=device)[:, None] * K  # (n, 1) each live sentence's first row
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
+    # compiled steps (step_graph.py) are made for one batch size: sentences that are done stay, unread
+    keep_rows = getattr(model, "step_graphs", None) is not None
     for t in range(int(limits.max())):
         n = sentences.shape[0]
         logits = model.step(tokens, state).float()  # (n * K, V)
@@ -66,7 +68,7 @@ def beam_search(model: nn.Module, state, first_tokens: Tensor, beam: int, max_le
         if done is not None and done.all():
             break
         state.reorder(rows, memory=False)  # a sentence's beams share its source: no need to move memory
-        if done is not None and done.any():
+        if done is not None and done.any() and not keep_rows:
             alive = (~done).nonzero().squeeze(1)
             alive_rows = (alive.to(device)[:, None] * K + torch.arange(K, device=device)).reshape(-1)
             state.reorder(alive_rows)

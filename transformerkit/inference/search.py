@@ -40,6 +40,9 @@ def greedy_search(model: nn.Module, state, tokens: Tensor, max_new: int | Tensor
     stops = torch.tensor(sorted(set(stop_tokens or [model.config.eos_id])), device=device)
     outputs: list[list[int]] = [[] for _ in range(B)]
     rows = torch.arange(B)  # the original row of each live batch row
+    # compiled steps (step_graph.py) are made for one batch size: rows that end stay in the batch, unread
+    keep_rows = getattr(model, "step_graphs", None) is not None
+    finished = torch.zeros(B, dtype=torch.bool)  # rows that ended and stayed
     seen = tokens if repetition_penalty != 1.0 else None  # (b, t): tokens each row has seen
     logits = model.step(tokens, state, mask)  # (b, V)
     for t in range(int(limits.max())):
@@ -50,13 +53,19 @@ def greedy_search(model: nn.Module, state, tokens: Tensor, max_new: int | Tensor
             logits = penalize(logits, seen, repetition_penalty)
         next_tokens = pick_next(logits, temperature, top_k, top_p, generator)  # (b,)
         ended = torch.isin(next_tokens, stops).cpu()
+        if keep_rows:
+            ended |= finished
         for i, (row, token) in enumerate(zip(rows.tolist(), next_tokens.tolist())):
             if not ended[i]:
                 outputs[row].append(token)
                 if on_token is not None and on_token(row, token):
                     ended[i] = True
         ended |= limits[rows] == t + 1  # out of room
-        if ended.any():
+        if keep_rows:
+            if ended.all():
+                break
+            finished = ended
+        elif ended.any():
             keep = (~ended).nonzero().squeeze(1)
             if keep.numel() == 0:
                 break

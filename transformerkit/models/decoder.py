@@ -31,6 +31,7 @@ class DecoderOnly(nn.Module):
         init_weights(self, config)
         self.tie_weights()
         self.tokenizer = None  # a `tokenizers.Tokenizer`, when the model came with one
+        self.step_graphs = None  # compiled decoding steps (inference/step_graph.py), once asked for
         self.chat_template: str | None = None
 
     def tie_weights(self) -> None:
@@ -58,9 +59,13 @@ class DecoderOnly(nn.Module):
         if source is not None:
             raise ConfigError("a decoder-only model reads no source: feed the prompt with step()")
         first = next(p for p in self.parameters() if p.is_floating_point())  # the model's dtype, quantized or not
+        if self.step_graphs is not None:
+            max_len = self.step_graphs.cache_length(max_len)
         return self.decoder.start(batch_size, max_len, first.dtype, first.device)
 
     def step(self, ids: Tensor, state: DecodeState, mask: Tensor | None = None) -> Tensor:
         """Feed the next tokens (B, T) -> logits (B, V) for the token after the last; the state advances by T."""
+        if self.step_graphs is not None and self.step_graphs.serves(ids, state, mask):
+            return self.step_graphs(ids, state)
         hidden = self.decoder(ids, real_tokens(mask), state=state)
         return self.lm_head(hidden[:, -1])

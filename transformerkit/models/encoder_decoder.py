@@ -36,6 +36,7 @@ class EncoderDecoder(nn.Module):
         self.tie_weights()
         self.source_tokenizer = None  # `tokenizers.Tokenizer`s, when the model came with them (may be one object)
         self.target_tokenizer = None
+        self.step_graphs = None  # compiled decoding steps (inference/step_graph.py), once asked for
 
     def tie_weights(self) -> None:
         """The output layer reuses the target embedding matrix, when the config says so."""
@@ -71,8 +72,13 @@ class EncoderDecoder(nn.Module):
             raise ConfigError(f"an encoder-decoder needs a source of {batch_size} rows to start decoding")
         source_mask = real_tokens(source_mask)
         memory = self.encoder(source, source_mask)
+        if self.step_graphs is not None:
+            max_len = self.step_graphs.cache_length(max_len)
+            memory, source_mask = self.step_graphs.pad_source(memory, source_mask)
         return self.decoder.start(batch_size, max_len, memory.dtype, memory.device, memory, source_mask)
 
     def step(self, ids: Tensor, state: DecodeState, mask: Tensor | None = None) -> Tensor:
         """Feed the next target tokens (B, T) -> logits (B, V) for the token after the last; the state advances."""
+        if self.step_graphs is not None and self.step_graphs.serves(ids, state, mask):
+            return self.step_graphs(ids, state)
         return self.lm_head(self.decoder(ids, real_tokens(mask), state=state)[:, -1])

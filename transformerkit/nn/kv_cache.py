@@ -17,12 +17,27 @@ class KVCache:
         self.k = torch.zeros(batch, n_kv_heads, max_len, head_dim, dtype=dtype, device=device)  # (B, Hkv, Tmax, D)
         self.v = torch.zeros_like(self.k)
 
+    @classmethod
+    def holding(cls, k: Tensor, v: Tensor) -> KVCache:
+        """A cache around existing (B, Hkv, Tmax, D) keys and values: a traced step's inputs."""
+        cache = cls.__new__(cls)
+        cache.k, cache.v = k, v
+        return cache
+
     @property
     def max_len(self) -> int:
         return self.k.shape[2]
 
-    def write(self, k: Tensor, v: Tensor, position: int) -> tuple[Tensor, Tensor]:
-        """Store (B, Hkv, T, D) keys and values at [position, position + T); return all keys and values so far."""
+    def write(self, k: Tensor, v: Tensor, position: int | Tensor) -> tuple[Tensor, Tensor]:
+        """Store (B, Hkv, T, D) keys and values at [position, position + T); return all keys and values so far.
+
+        In a step traced whole (inference/step_graph.py) `position` is a tensor (T,) of the positions written, known
+        only when the step runs, so every position the cache holds is returned: the key mask hides those not
+        written yet."""
+        if isinstance(position, Tensor):
+            self.k.index_copy_(2, position, k)
+            self.v.index_copy_(2, position, v)
+            return self.k, self.v
         end = position + k.shape[2]
         self.k[:, :, position:end] = k
         self.v[:, :, position:end] = v
@@ -47,6 +62,7 @@ class DecodeState:
     length: int = 0
     key_mask: Tensor | None = None
     n_real: Tensor | None = None
+    traced_position: Tensor | None = None  # (1,) where a step traced whole writes (inference/step_graph.py)
 
     @property
     def max_len(self) -> int:
@@ -66,18 +82,28 @@ class DecodeState:
         start, end = self.length, self.length + T
         if end > self.max_len:
             raise ConfigError(f"max_len: decoding past the {self.max_len} positions this decoding state holds")
+        if mask is not None and self.key_mask is None:
+            self.mask_keys(device)
         self.length = end
-        if mask is None and self.key_mask is None:
-            return start, torch.arange(start, end, device=device)[None], None
+        if self.traced_position is not None:  # one token a row, none of them padding: tensors in, tensors out
+            self.key_mask.index_fill_(1, self.traced_position, True)
+            positions = self.n_real[:, None].clone()  # (B, 1); a copy: n_real changes in place next
+            self.n_real.add_(1)
+            return self.traced_position, positions, self.key_mask
         if self.key_mask is None:
-            self.key_mask = torch.zeros(self.batch_size, self.max_len, dtype=torch.bool, device=device)
-            self.key_mask[:, :start] = True
-            self.n_real = torch.full((self.batch_size,), start, dtype=torch.long, device=device)
+            return start, torch.arange(start, end, device=device)[None], None
         new = mask if mask is not None else torch.ones(self.batch_size, T, dtype=torch.bool, device=device)
         self.key_mask[:, start:end] = new
         positions = (self.n_real[:, None] + new.long().cumsum(dim=-1) - 1).clamp(min=0)  # (B, T)
         self.n_real = self.n_real + new.sum(dim=-1)
         return start, positions, self.key_mask[:, :end]
+
+    def mask_keys(self, device: torch.device) -> None:
+        """Start keeping the key mask and each row's count of real tokens: from the first padded tokens on, and
+        from the start in a step traced whole, where the key mask is what tells written positions from the rest."""
+        self.key_mask = torch.zeros(self.batch_size, self.max_len, dtype=torch.bool, device=device)
+        self.key_mask[:, :self.length] = True
+        self.n_real = torch.full((self.batch_size,), self.length, dtype=torch.long, device=device)
 
     def rewind(self, length: int) -> None:
         """Forget every position from `length` on (a chat turn that changes the end of the conversation); the

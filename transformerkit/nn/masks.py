@@ -37,7 +37,9 @@ def attention_mask(
         if t_query == t_key:
             return None, True
         return causal_mask(t_query, t_key, device)[None, None], False
-    mask = key_mask[:, None, None, :] & causal_mask(t_query, t_key, key_mask.device)  # (B, 1, Tq, Tk)
+    mask = key_mask[:, None, None, :]  # (B, 1, 1, Tk): one new query at the end needs nothing more
+    if t_query > 1:
+        mask = mask & causal_mask(t_query, key_mask.shape[-1], key_mask.device)  # (B, 1, Tq, Tk)
     return mask | ~mask.any(dim=-1, keepdim=True), False
 
 

@@ -1,0 +1,101 @@
+"""Decoding steps compiled whole (inference/step_graph.py): the same tokens as the eager steps, in float32."""
+
+import pytest
+import torch
+
+import transformerkit as tk
+from transformerkit.inference import step_graph
+from transformerkit.inference.generate import GenerationOptions, generate_ids
+from transformerkit.inference.step_graph import compile_steps
+from transformerkit.inference.translate import decode_sources
+
+
+@pytest.fixture(autouse=True)
+def small_quanta(monkeypatch):
+    """Caches in steps of 8 positions, sources of 4: a few steps cross from one graph to the next."""
+    monkeypatch.setattr(step_graph, "CACHE_QUANTUM", 8)
+    monkeypatch.setattr(step_graph, "SOURCE_QUANTUM", 4)
+
+
+def decoder(name: str):
+    """A tiny model of the preset `name` (a decoder-only one, or transformer-tiny)."""
+    torch.manual_seed(0)
+    model = tk.build_model(tk.preset(name, vocab_size=40, dropout=0.0, attention_dropout=0.0, max_len=64)).eval()
+    with torch.no_grad():  # larger weights than at initialisation: outputs that change with every token read
+        for weight in model.parameters():
+            if weight.dim() == 2:
+                weight.normal_(0, 0.3)
+    return model
+
+
+STOP = 17
+
+
+def with_and_without_graphs(model, run):
+    """run() eagerly, then with compiled steps; both results and the graphs made."""
+    eager = run()
+    compile_steps(model)
+    try:
+        return eager, run(), model.step_graphs.graphs
+    finally:
+        model.step_graphs = None
+
+
+@pytest.mark.parametrize("name", ["gpt-tiny", "llama-tiny"])  # learned positions; rotary with grouped-query heads
+def test_compiled_steps_generate_the_eager_tokens(name):
+    model = decoder(name)
+    prompts = [[5, 6, 7, 8, 9], [3], [11, 12, 13]]  # left-padded into one batch: padding masked in the graphs too
+    options = GenerationOptions(max_new_tokens=14, stop_tokens=[STOP])  # rows end at different steps, and stay
+    eager, compiled, graphs = with_and_without_graphs(model, lambda: generate_ids(model, prompts, options))
+    assert compiled == eager
+    assert {n for n in map(len, eager)} != {14}  # some row did end early
+    assert len(graphs) >= 2  # the cache positions read crossed a multiple of CACHE_QUANTUM
+
+
+def test_compiled_steps_sample_and_search_beams_as_eager_ones():
+    model = decoder("gpt-tiny")
+    sampled = GenerationOptions(max_new_tokens=10, min_new_tokens=10, temperature=1.0, seed=3)
+    beams = GenerationOptions(max_new_tokens=10, beam=3)
+    for options in (sampled, beams):
+        eager, compiled, _ = with_and_without_graphs(model, lambda: generate_ids(model, [[1, 2, 3]], options))
+        assert compiled == eager
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_compiled_steps_translate_as_eager_ones(beam):
+    model = decoder("transformer-tiny")
+    source = torch.tensor([[5, 6, 7, 8, 9, 10, 2], [11, 12, 2, 0, 0, 0, 0]])  # 7 positions: padded to 8 for graphs
+    mask = source != 0
+    run = lambda: decode_sources(model, source, mask, 12, beam=beam)  # noqa: E731
+    eager, compiled, graphs = with_and_without_graphs(model, run)
+    assert compiled == eager
+    assert graphs
+
+
+@torch.no_grad()  # the graphs serve steps outside autograd only
+def test_the_graph_writes_the_cache_in_place_and_advances_the_state():
+    model = decoder("gpt-tiny")
+    compile_steps(model)
+    state = model.start(2, 5)
+    assert state.max_len == 8  # rounded up to CACHE_QUANTUM
+    model.step(torch.tensor([[1, 2], [3, 4]]), state)  # the prompt: eager
+    model.step(torch.tensor([[5], [6]]), state)  # one token a row: the graph
+    assert state.length == 3 and state.n_real.tolist() == [3, 3]
+    assert state.key_mask[:, :3].all() and not state.key_mask[:, 3:].any()
+    assert state.caches[0].k[:, :, 2].abs().sum() > 0 and state.caches[0].k[:, :, 3:].abs().sum() == 0
+
+
+@torch.no_grad()
+def test_compiled_step_logits_equal_the_eager_ones_within_float_rounding():
+    model = decoder("llama-tiny")
+    states, logits = [], []
+    for graphs in (False, True):
+        if graphs:
+            compile_steps(model)
+        state = model.start(2, 20)
+        model.step(torch.tensor([[0, 2, 3], [4, 5, 6]]), state, torch.tensor([[False, True, True], [True] * 3]))
+        logits.append(torch.stack([model.step(torch.tensor([[t], [t + 1]]), state) for t in range(7, 19)]))
+        states.append(state)
+    model.step_graphs = None
+    torch.testing.assert_close(logits[1], logits[0], atol=1e-5, rtol=1e-5)
+    assert states[1].n_real.tolist() == states[0].n_real.tolist() == [14, 15]

@@ -1,0 +1,149 @@
+"""A decoding step compiled whole: one graph from token ids to logits, no Python between its operations.
+
+A small model's decoding step is a few hundred small operations (norms, projections, a cache write, attention,
+residual adds, for every layer), and each one dispatched from Python costs a few microseconds before it does
+any arithmetic: for a 6-layer model of width 384 that is most of a step. Here the model's own `step` is
+recorded with make_fx and handed to inductor, which fuses the small operations into a few loops. The graph is
+called directly, not through torch.compile, whose guards are checked at every call. What keeps one graph
+serving many steps:
+- the KV cache is written in place at a position passed in as a tensor (KVCache.write), and positions come
+  from the decoding state's count of real tokens per row, also a tensor;
+- attention reads the cache up to the next multiple of CACHE_QUANTUM past the positions written, the rest
+  hidden by the key mask: a shape that changes every 64 steps, not every step, and no read of positions far
+  past those written (at batch 8 and 256 positions, a shakespeare-char layer's cache is as large as its weights).
+Two things stay as the eager step has them, measured faster than inductor's own code here: each product is one
+call of the kernel Linear chose at load time (nn/linear.py, decoding_product; a one-row product is the row
+kernel's expression, which inductor fuses), and attention is written out (with grouped-query heads, the fused
+kernel).
+
+Measured on a 2-core AMD EPYC (AVX-512 bf16), benchmarks/bench_decode.py, the same tokens out in float32:
+greedy batch 1 at the shakespeare-char size 471 -> 784 tokens/s in float32 and 618 -> 1,303 in bfloat16,
+gpt2-small 66 -> 72 and 99 -> 140; at batch 8 in float32 the character model's step is its products already
+(level, 1,798 and 1,790).
+
+A graph is specialised to its shapes (batch, cache length, source length), dtype and thread count, and costs
+5-20 s to compile (once per process; less with inductor's cache on disk), so while a model has graphs searches
+keep their batch whole (rows that end are carried to the last step, as transformers' generate carries them)
+and cache and source lengths are rounded up (CACHE_QUANTUM, SOURCE_QUANTUM). The products read the packed weight
+copies Linear held when the step was traced: after changing the weights, compile the steps again.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import runtime
+from ..errors import ConfigError
+from ..nn.kv_cache import DecodeState, KVCache
+
+CACHE_QUANTUM = 64  # cache lengths are rounded up to a multiple of this, so nearby lengths share a graph
+SOURCE_QUANTUM = 16  # and an encoder-decoder's source lengths to a multiple of this
+
+
+class StepGraphs:
+    """The compiled steps of one model, one per shape met; `model.step` calls them for one token per row."""
+
+    def __init__(self, model: nn.Module):
+        self.stepper = _Step(model)
+        named = [*model.named_parameters(), *model.named_buffers()]
+        self.names = [f"model.{name}" for name, _ in named]
+        self.tensors = [tensor for _, tensor in named]  # parameters as objects: a cast changes their data, seen
+        self.graphs: dict[tuple, Callable] = {}
+
+    @staticmethod
+    def cache_length(length: int) -> int:
+        """The cache length a state for `length` positions gets: rounded up (CACHE_QUANTUM)."""
+        return -(-length // CACHE_QUANTUM) * CACHE_QUANTUM
+
+    @staticmethod
+    def pad_source(memory: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The encoder output (B, S, C) and its mask (B, S) padded with masked positions to a multiple of
+        SOURCE_QUANTUM, so that sources of nearby lengths share a graph."""
+        B, S, _ = memory.shape
+        extra = -S % SOURCE_QUANTUM
+        if extra == 0:
+            return memory, mask
+        mask = mask if mask is not None else torch.ones(B, S, dtype=torch.bool, device=memory.device)
+        return F.pad(memory, (0, 0, 0, extra)), F.pad(mask, (0, extra))  # (B, S + extra, C), padding False
+
+    @staticmethod
+    def serves(ids: Tensor, state: DecodeState, mask: Tensor | None) -> bool:
+        """Whether a step is one the graphs run: one token a row, none of it padding, on the CPU (elsewhere
+        torch.compile's own graphs serve), and not the step being traced."""
+        return (ids.shape[1] == 1 and mask is None and state.traced_position is None and ids.device.type == "cpu"
+                and not torch.is_grad_enabled())
+
+    def __call__(self, ids: Tensor, state: DecodeState) -> Tensor:
+        """ids (B, 1) -> logits (B, V), the state advanced by one position, as model.step would."""
+        if state.length + 1 > state.max_len:
+            raise ConfigError(f"max_len: decoding past the {state.max_len} positions this decoding state holds")
+        if state.key_mask is None:
+            state.mask_keys(ids.device)
+        inputs = _state_inputs(ids, state)
+        visible = self.cache_length(state.length + 1)  # the positions attention reads: those written, rounded up
+        key = (tuple((tuple(t.shape), t.dtype) for t in inputs), visible, self.tensors[0].dtype,
+               torch.get_num_threads(), state.memory_mask is not None)
+        graph = self.graphs.get(key)
+        if graph is None:
+            graph = self.graphs[key] = self._compile(ids, state, visible)
+        position = torch.tensor([state.length], device=ids.device)
+        (logits,) = graph(*self.tensors, position, *inputs)
+        state.length += 1
+        return logits
+
+    def _compile(self, ids: Tensor, state: DecodeState, visible: int) -> Callable:
+        from torch._inductor import compile as inductor_compile
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        n_params, n_layers = len(self.tensors), len(state.caches)
+        has_memory_mask = state.memory_mask is not None
+
+        def step(*tensors: Tensor) -> tuple[Tensor]:
+            params = dict(zip(self.names, tensors[:n_params]))
+            position, ids, key_mask, n_real, *rest = tensors[n_params:]
+            # the first `visible` positions: views, so writes reach the caller's tensors
+            caches = [KVCache.holding(k[:, :, :visible], v[:, :, :visible])
+                      for k, v in zip(rest[:n_layers], rest[n_layers:2 * n_layers])]
+            memory = rest[2 * n_layers:]
+            memory_mask = memory.pop() if has_memory_mask else None
+            memory_kv = list(zip(memory[::2], memory[1::2])) or None
+            traced = DecodeState(caches, memory_kv, memory_mask, state.length, key_mask[:, :visible], n_real,
+                                 traced_position=position)
+            return (torch.func.functional_call(self.stepper, params, (ids, traced)),)
+
+        # traced on copies: tracing runs the step, which writes into the cache and the key mask
+        examples = [*self.tensors, torch.tensor([state.length], device=ids.device),
+                    *(t.clone() for t in _state_inputs(ids, state))]
+        with torch.inference_mode(False), torch.no_grad(), runtime.traced_step():
+            return inductor_compile(make_fx(step)(*examples), examples)
+
+
+class _Step(nn.Module):
+    """The model's step as a module's forward, which torch.func.functional_call calls with the weights given."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: Tensor, state: DecodeState) -> Tensor:
+        return self.model.step(ids, state)
+
+
+def _state_inputs(ids: Tensor, state: DecodeState) -> list[Tensor]:
+    """The tensors a step reads and writes, in the graph's order: ids, key mask, real-token counts, the caches'
+    keys then values, the cross-attention keys and values, the source mask."""
+    memory = [t for pair in state.memory_kv or [] for t in pair]
+    mask = [state.memory_mask] if state.memory_mask is not None else []
+    return [ids, state.key_mask, state.n_real, *(c.k for c in state.caches), *(c.v for c in state.caches),
+            *memory, *mask]
+
+
+def compile_steps(model: nn.Module) -> None:
+    """Give `model` compiled decoding steps (StepGraphs): its `step` runs them from now on, where they serve
+    (`model.step_graphs = None` turns them off). For a float model on the CPU: `generate --compile`; GPUs and
+    quantized models get compiled blocks instead (nn/block.py, compile_blocks), measured there, not here."""
+    model.step_graphs = StepGraphs(model)
