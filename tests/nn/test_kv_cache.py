@@ -1,11 +1,12 @@
 """DecodeState.join: a request prefilled alone joins a batch that is already decoding, and every row still decodes
-exactly as it would alone (greedy, exact tokens)."""
+exactly as it would alone (greedy, exact tokens). KVCache.reorder: what beam search's reorders move."""
 
 import pytest
 import torch
 
 import transformerkit as tk
 from transformerkit.errors import ConfigError
+from transformerkit.nn.kv_cache import KVCache
 
 PROMPTS = {"a": [5, 9, 14, 3, 7, 22, 8], "b": [11, 4], "c": [30, 2, 19, 6, 6, 12, 40, 41, 9, 17, 13]}
 
@@ -101,3 +102,17 @@ def test_states_that_read_a_source_cannot_join():
     state, other = model.start(1, 8, source), model.start(1, 8, source)
     with pytest.raises(ConfigError, match="join"):
         state.join(other)
+
+
+def test_a_reorder_of_as_many_rows_gathers_the_written_positions_into_a_second_buffer():
+    cache = KVCache(3, 2, 8, 4, torch.float32, "cpu")
+    written = torch.randn(3, 2, 5, 4)
+    cache.write(written, written + 1, 0)
+    index = torch.tensor([2, 0, 0])
+    first = cache.k
+    cache.reorder(index, 5)
+    assert torch.equal(cache.k[:, :, :5], written[index]) and torch.equal(cache.v[:, :, :5], written[index] + 1)
+    cache.reorder(torch.tensor([0, 1, 2]), 5)
+    assert cache.k is first  # two buffers, taking turns: no new tensors a step
+    cache.reorder(torch.tensor([1]), 5)  # fewer rows (rows that ended): new tensors
+    assert cache.k.shape[0] == 1 and torch.equal(cache.k[0, :, :5], written[0])

@@ -16,7 +16,10 @@ call of the kernel Linear chose at load time (nn/linear.py, decoding_product; a 
 kernel's expression, which inductor fuses), and attention is written out (with grouped-query heads, the fused
 kernel).
 
-Measured on a 2-core AMD EPYC (AVX-512 bf16), benchmarks/bench_decode.py, the same tokens out in float32:
+In float32 the tokens are the eager step's. In bfloat16 the graph rounds less often (inductor computes each fused
+chain of operations in float32 and rounds once), so where two tokens are near-tied the choice can differ.
+
+Measured on a 2-core AMD EPYC (AVX-512 bf16), benchmarks/bench_decode.py:
 greedy batch 1 at the shakespeare-char size 471 -> 784 tokens/s in float32 and 618 -> 1,303 in bfloat16,
 gpt2-small 66 -> 72 and 99 -> 140; at batch 8 in float32 the character model's step is its products already
 (level, 1,798 and 1,790).

@@ -8,7 +8,9 @@ encoder-decoder families and the recurrent models alike.
 `start` prepares to decode up to `max_len` positions; a model with an encoder reads its source there,
 once. `step` feeds the next tokens (B, T): a prompt in one go (mask (B, T) marks left padding) or one
 token at a time. Greedy search, sampling, beam search, generate, chat, translate and the benchmarks use
-a model only through these three calls.
+a model only through these three calls, and one attribute: a Transformer may carry `step_graphs`, its
+decoding steps compiled (inference/step_graph.py), for one batch size each, so while it is set the searches
+keep their batch whole instead of dropping rows that ended.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ from ..errors import ConfigError
 class KVCache:
     """Keys and values of one self-attention layer, preallocated for max_len positions and written in place."""
 
+    spare: tuple[Tensor, Tensor] | None = None  # buffers of the same shape that beam search's reorders alternate with
+
     def __init__(self, batch: int, n_kv_heads: int, max_len: int, head_dim: int, dtype: torch.dtype, device):
         self.k = torch.zeros(batch, n_kv_heads, max_len, head_dim, dtype=dtype, device=device)  # (B, Hkv, Tmax, D)
         self.v = torch.zeros_like(self.k)
@@ -43,8 +45,20 @@ class KVCache:
         self.v[:, :, position:end] = v
         return self.k[:, :, :end], self.v[:, :, :end]
 
-    def reorder(self, index: Tensor) -> None:
-        self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+    def reorder(self, index: Tensor, length: int) -> None:
+        """Keep rows `index` of the batch. A reorder that keeps the number of rows (a beam search step) gathers the
+        `length` positions written so far into a second pair of buffers, which then become the cache: one copy of
+        what was written rather than of the whole preallocated cache into new tensors."""
+        if index.shape[0] != self.k.shape[0]:
+            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+            self.spare = None
+            return
+        if self.spare is None:
+            self.spare = (torch.zeros_like(self.k), torch.zeros_like(self.v))
+        k, v = self.spare
+        torch.index_select(self.k[:, :, :length], 0, index, out=k[:, :, :length])  # (B, Hkv, length, D)
+        torch.index_select(self.v[:, :, :length], 0, index, out=v[:, :, :length])
+        self.spare, self.k, self.v = (self.k, self.v), k, v
 
 
 @dataclass
@@ -121,7 +135,7 @@ class DecodeState:
         (the beams of one sentence share one source, so their memory rows are equal).
         """
         for cache in self.caches:
-            cache.reorder(index)
+            cache.reorder(index, self.length)
         if self.key_mask is not None:
             self.key_mask, self.n_real = self.key_mask.index_select(0, index), self.n_real.index_select(0, index)
         if memory and self.memory_kv is not None:
