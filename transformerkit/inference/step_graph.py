@@ -20,9 +20,9 @@ In float32 the tokens are the eager step's. In bfloat16 the graph rounds less of
 chain of operations in float32 and rounds once), so where two tokens are near-tied the choice can differ.
 
 Measured on a 2-core AMD EPYC (AVX-512 bf16), benchmarks/bench_decode.py:
-greedy batch 1 at the shakespeare-char size 471 -> 784 tokens/s in float32 and 618 -> 1,303 in bfloat16,
-gpt2-small 66 -> 72 and 99 -> 140; at batch 8 in float32 the character model's step is its products already
-(level, 1,798 and 1,790).
+greedy batch 1 at the shakespeare-char size 536 -> 755 tokens/s in float32 and 602 -> 1,329 in bfloat16,
+gpt2-small 74 -> 90 and 109 -> 148; at batch 8 in float32 the character model's step is its products already
+(level, 1,858 and 1,879).
 
 A graph is specialised to its shapes (batch, cache length, source length), dtype and thread count, and costs
 5-20 s to compile (once per process; less with inductor's cache on disk), so while a model has graphs searches
