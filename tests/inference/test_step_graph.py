@@ -118,3 +118,22 @@ def test_compiled_bfloat16_steps_are_as_close_to_float32_as_the_eager_ones():
     eager_error = (step_logits(model, False)[0] - exact).abs().mean()
     compiled_error = (step_logits(model, True)[0] - exact).abs().mean()
     assert compiled_error <= 1.2 * eager_error
+
+
+@torch.no_grad()
+def test_a_rewound_state_decodes_in_the_graph_as_in_the_eager_step():
+    """A chat turn that rewinds the conversation: positions forgotten must not be read by the graph, which reads
+    the key mask past the positions written."""
+    model = decoder("llama-tiny")
+    results = []
+    for graphs in (False, True):
+        if graphs:
+            compile_steps(model)
+        state = model.start(1, 20)
+        model.step(torch.tensor([[1, 2, 3]]), state)
+        for t in range(5):
+            model.step(torch.tensor([[t + 4]]), state)
+        state.rewind(4)
+        results.append(torch.stack([model.step(torch.tensor([[t + 20]]), state) for t in range(6)]))
+    model.step_graphs = None
+    torch.testing.assert_close(results[1], results[0], atol=1e-5, rtol=1e-5)

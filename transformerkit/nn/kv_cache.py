@@ -126,6 +126,7 @@ class DecodeState:
             raise ConfigError(f"cannot rewind a decoding state of {self.length} positions to {length}")
         self.length = length
         if self.key_mask is not None:
+            self.key_mask[:, length:] = False  # a compiled step reads the mask past the positions written
             self.n_real = self.key_mask[:, :length].sum(dim=-1)
 
     def reorder(self, index: Tensor, memory: bool = True) -> None:
