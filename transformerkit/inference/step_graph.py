@@ -40,7 +40,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import runtime
-from ..errors import ConfigError
 from ..nn.kv_cache import DecodeState, KVCache
 
 CACHE_QUANTUM = 64  # cache lengths are rounded up to a multiple of this, so nearby lengths share a graph
@@ -82,14 +81,13 @@ class StepGraphs:
 
     def __call__(self, ids: Tensor, state: DecodeState) -> Tensor:
         """ids (B, 1) -> logits (B, V), the state advanced by one position, as model.step would."""
-        if state.length + 1 > state.max_len:
-            raise ConfigError(f"max_len: decoding past the {state.max_len} positions this decoding state holds")
+        state.check_room(1)  # here: the traced step's own check ran once, at the length it was traced at
         if state.key_mask is None:
             state.mask_keys(ids.device)
         inputs = _state_inputs(ids, state)
         visible = self.cache_length(state.length + 1)  # the positions attention reads: those written, rounded up
         key = (tuple((tuple(t.shape), t.dtype) for t in inputs), visible, self.tensors[0].dtype,
-               torch.get_num_threads(), state.memory_mask is not None)
+               torch.get_num_threads())
         graph = self.graphs.get(key)
         if graph is None:
             graph = self.graphs[key] = self._compile(ids, state, visible)

@@ -93,9 +93,8 @@ class DecodeState:
         so far (None while nothing is padding). Without padding, positions simply continue; with it, each
         token's position is the number of real tokens before it in its row.
         """
+        self.check_room(T)
         start, end = self.length, self.length + T
-        if end > self.max_len:
-            raise ConfigError(f"max_len: decoding past the {self.max_len} positions this decoding state holds")
         if mask is not None and self.key_mask is None:
             self.mask_keys(device)
         self.length = end
@@ -111,6 +110,11 @@ class DecodeState:
         positions = (self.n_real[:, None] + new.long().cumsum(dim=-1) - 1).clamp(min=0)  # (B, T)
         self.n_real = self.n_real + new.sum(dim=-1)
         return start, positions, self.key_mask[:, :end]
+
+    def check_room(self, T: int) -> None:
+        """Refuse T more tokens where the cache has no room for them."""
+        if self.length + T > self.max_len:
+            raise ConfigError(f"max_len: decoding past the {self.max_len} positions this decoding state holds")
 
     def mask_keys(self, device: torch.device) -> None:
         """Start keeping the key mask and each row's count of real tokens: from the first padded tokens on, and
