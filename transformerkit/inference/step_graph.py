@@ -19,10 +19,9 @@ kernel).
 In float32 the tokens are the eager step's. In bfloat16 the graph rounds less often (inductor computes each fused
 chain of operations in float32 and rounds once), so where two tokens are near-tied the choice can differ.
 
-Measured on a 2-core AMD EPYC (AVX-512 bf16), benchmarks/bench_decode.py:
-greedy batch 1 at the shakespeare-char size 536 -> 755 tokens/s in float32 and 602 -> 1,329 in bfloat16,
-gpt2-small 74 -> 90 and 109 -> 148; at batch 8 in float32 the character model's step is its products already
-(level, 1,858 and 1,879).
+Measured on a 2-core AMD EPYC (AVX-512 bf16), benchmarks/bench_decode.py, eager -> compiled:
+greedy batch 1 at the shakespeare-char size 473 -> 763 tokens/s in float32 and 585 -> 1,384 in bfloat16,
+gpt2-small 72 -> 80 and 106 -> 143; at batch 8 the character model 2,052 -> 2,675 and 2,362 -> 3,683.
 
 A graph is specialised to its shapes (batch, cache length, source length), dtype and thread count, and costs
 5-20 s to compile (once per process; less with inductor's cache on disk), so while a model has graphs searches
@@ -106,8 +105,8 @@ class StepGraphs:
         def step(*tensors: Tensor) -> tuple[Tensor]:
             params = dict(zip(self.names, tensors[:n_params]))
             position, ids, key_mask, n_real, *rest = tensors[n_params:]
-            # the first `visible` positions: views, so writes reach the caller's tensors
-            caches = [KVCache.holding(k[:, :, :visible], v[:, :, :visible])
+            # the caller's tensors themselves, so that writes reach them; attention reads the first `visible`
+            caches = [KVCache.holding(k, v, visible)
                       for k, v in zip(rest[:n_layers], rest[n_layers:2 * n_layers])]
             memory = rest[2 * n_layers:]
             memory_mask = memory.pop() if has_memory_mask else None

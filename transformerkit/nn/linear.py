@@ -166,8 +166,13 @@ def can_pack_weights(dtype: torch.dtype = torch.float32) -> bool:
 
 def pack_weight(weight: Tensor) -> Tensor:
     """An (out, in) float weight in oneDNN's blocked layout for a few rows at a time: an opaque tensor that only
-    onednn_product reads."""
-    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), 1)
+    onednn_product reads.
+
+    oneDNN picks the layout for the number of rows it is told to expect. Told PACKED_MAX_ROWS rather than 1, its
+    float32 products of 5 and 8 rows ran 1.2-2.0x faster, and of one row level or up to 1.9x faster (2-core AMD
+    EPYC, AVX-512 bf16, 2 threads, weights read from memory: 1152 x 384 at 8 rows 81 -> 55 us, 3072 x 768 357 ->
+    223 us); bfloat16 was level whatever it was told."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), PACKED_MAX_ROWS)
 
 
 def onednn_product(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
