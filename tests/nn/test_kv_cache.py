@@ -116,3 +116,24 @@ def test_a_reorder_of_as_many_rows_gathers_the_written_positions_into_a_second_b
     assert cache.k is first  # two buffers, taking turns: no new tensors a step
     cache.reorder(torch.tensor([1]), 5)  # fewer rows (rows that ended): new tensors
     assert cache.k.shape[0] == 1 and torch.equal(cache.k[0, :, :5], written[0])
+
+
+@torch.no_grad()
+def test_reorders_that_follow_rows_move_nothing_and_settle_to_the_copied_cache(model):
+    """Beam search with compiled steps reorders `origin` instead of the cache: the next eager step settles it, and
+    its logits are those of a state whose cache was copied at every reorder."""
+    prompts = [PROMPTS["a"], PROMPTS["c"], PROMPTS["b"]]
+    copied, logits = prefill(model, prompts, 6)
+    followed, _ = prefill(model, prompts, 6)
+    followed.follow_rows()
+    keys = [cache.k.clone() for cache in followed.caches]
+    tokens = logits.argmax(dim=-1)[:, None]  # (3, 1)
+    for index in (torch.tensor([2, 0, 0]), torch.tensor([1, 1, 2])):
+        copied.reorder(index)
+        followed.reorder(index)
+    assert all(torch.equal(cache.k, k) for cache, k in zip(followed.caches, keys))  # nothing moved yet
+    expected, got = model.step(tokens, copied), model.step(tokens, followed)  # the eager step settles first
+    assert followed.origin is None
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    for a, b in zip(followed.caches, copied.caches):
+        assert torch.equal(a.k[:, :, :copied.length], b.k[:, :, :copied.length])

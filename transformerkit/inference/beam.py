@@ -41,6 +41,8 @@ def beam_search(model: nn.Module, state, first_tokens: Tensor, beam: int, max_le
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
     # compiled steps (step_graph.py) are made for one batch size: sentences that are done stay, unread
     keep_rows = getattr(model, "step_graphs", None) is not None
+    if keep_rows:  # and reorders leave the keys and values where they are: the steps read them where they lie
+        state.follow_rows()
     for t in range(int(limits.max())):
         n = sentences.shape[0]
         logits = model.step(tokens, state).float()  # (n * K, V)

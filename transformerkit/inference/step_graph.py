@@ -11,6 +11,9 @@ serving many steps:
 - attention reads the cache up to the next multiple of CACHE_QUANTUM past the positions written, the rest
   hidden by the key mask: a shape that changes every 64 steps, not every step, and no read of positions far
   past those written (at batch 8 and 256 positions, a shakespeare-char layer's cache is as large as its weights).
+Beam search with graphs moves no keys or values when it reorders its beams: the state keeps the cache row that holds
+each beam's every position (DecodeState.follow_rows), and the graph reads each position from there (KVCache.write),
+a gather done as attention reads; 1.2-1.4x faster beam 5 at the shakespeare-char size, the same tokens.
 Two things stay as the eager step has them, measured faster than inductor's own code here: each product is one
 call of the kernel Linear chose at load time (nn/linear.py, decoding_product; a one-row product is the row
 kernel's expression, which inductor fuses), and attention is written out (with grouped-query heads, the fused
@@ -20,8 +23,9 @@ In float32 the tokens are the eager step's. In bfloat16 the graph rounds less of
 chain of operations in float32 and rounds once), so where two tokens are near-tied the choice can differ.
 
 Measured on a 2-core AMD EPYC (AVX-512 bf16), benchmarks/bench_decode.py, eager -> compiled:
-greedy batch 1 at the shakespeare-char size 473 -> 763 tokens/s in float32 and 585 -> 1,384 in bfloat16,
-gpt2-small 72 -> 80 and 106 -> 143; at batch 8 the character model 2,052 -> 2,675 and 2,362 -> 3,683.
+greedy batch 1 at the shakespeare-char size 561 -> 1,030 tokens/s in float32 and 607 -> 1,485 in bfloat16,
+gpt2-small 73 -> 83 and 90 -> 126; at batch 8 the character model 2,371 -> 2,959 and 2,269 -> 3,322; beam 5 at
+batch 1 288 -> 426 and 255 -> 459.
 
 A graph is specialised to its shapes (batch, cache length, source length), dtype and thread count, and costs
 5-20 s to compile (once per process; less with inductor's cache on disk), so while a model has graphs searches
@@ -86,7 +90,7 @@ class StepGraphs:
         inputs = _state_inputs(ids, state)
         visible = self.cache_length(state.length + 1)  # the positions attention reads: those written, rounded up
         key = (tuple((tuple(t.shape), t.dtype) for t in inputs), visible, self.tensors[0].dtype,
-               torch.get_num_threads())
+               torch.get_num_threads())  # the inputs also tell whether the state follows rows (origin)
         graph = self.graphs.get(key)
         if graph is None:
             graph = self.graphs[key] = self._compile(ids, state, visible)
@@ -100,13 +104,14 @@ class StepGraphs:
         from torch.fx.experimental.proxy_tensor import make_fx
 
         n_params, n_layers = len(self.tensors), len(state.caches)
-        has_memory_mask = state.memory_mask is not None
+        has_memory_mask, follows_rows = state.memory_mask is not None, state.origin is not None
 
         def step(*tensors: Tensor) -> tuple[Tensor]:
             params = dict(zip(self.names, tensors[:n_params]))
             position, ids, key_mask, n_real, *rest = tensors[n_params:]
+            origin = rest.pop(0) if follows_rows else None
             # the caller's tensors themselves, so that writes reach them; attention reads the first `visible`
-            caches = [KVCache.holding(k, v, visible)
+            caches = [KVCache.holding(k, v, visible, None if origin is None else origin[:, :visible])
                       for k, v in zip(rest[:n_layers], rest[n_layers:2 * n_layers])]
             memory = rest[2 * n_layers:]
             memory_mask = memory.pop() if has_memory_mask else None
@@ -134,11 +139,13 @@ class _Step(nn.Module):
 
 
 def _state_inputs(ids: Tensor, state: DecodeState) -> list[Tensor]:
-    """The tensors a step reads and writes, in the graph's order: ids, key mask, real-token counts, the caches'
-    keys then values, the cross-attention keys and values, the source mask."""
+    """The tensors a step reads and writes, in the graph's order: ids, key mask, real-token counts, the cache row
+    of each position (origin, where the state keeps it), the caches' keys then values, the cross-attention keys
+    and values, the source mask."""
     memory = [t for pair in state.memory_kv or [] for t in pair]
     mask = [state.memory_mask] if state.memory_mask is not None else []
-    return [ids, state.key_mask, state.n_real, *(c.k for c in state.caches), *(c.v for c in state.caches),
+    origin = [state.origin] if state.origin is not None else []
+    return [ids, state.key_mask, state.n_real, *origin, *(c.k for c in state.caches), *(c.v for c in state.caches),
             *memory, *mask]
 
 

@@ -10,7 +10,8 @@ once. `step` feeds the next tokens (B, T): a prompt in one go (mask (B, T) marks
 token at a time. Greedy search, sampling, beam search, generate, chat, translate and the benchmarks use
 a model only through these three calls, and one attribute: a Transformer may carry `step_graphs`, its
 decoding steps compiled (inference/step_graph.py), for one batch size each, so while it is set the searches
-keep their batch whole instead of dropping rows that ended.
+keep their batch whole instead of dropping rows that ended, and beam search calls its state's `follow_rows()`,
+so that reorders move row indices rather than the KV cache (nn/kv_cache.py).
 """
 
 from __future__ import annotations
