@@ -85,6 +85,20 @@ def test_fsdp_trains_like_ddp_saves_whole_checkpoints_and_resumes(ddp_run, multi
     assert "resumed" in resumed.stderr and len(losses(run)) == 6
 
 
+def test_a_time_budget_makes_one_plan_for_every_rank(multi30k_dir, tmp_path):
+    """Each rank has its own clock and only the main one evaluates: plans made from each clock would end the ranks
+    at different steps, and the one left training waits on its peer forever."""
+    run = tmp_path / "run"
+    done = torchrun(multi30k_dir, *TRAIN, "--out", str(run), *settings(
+        "training.budget_minutes=0.1", 'training.schedule="cosine"', "training.evaluations=2",
+        "training.max_minutes=0.5", "training.collective_timeout=20"))
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    summary = records[-1]["summary"]
+    assert summary["finished"] == "budget" and summary["step"] == summary["planned_steps"]
+    assert any("planned_steps" in r and "summary" not in r for r in records)  # a plan was made, and kept to
+
+
 def test_a_killed_rank_fails_the_run_instead_of_hanging(data_env, tmp_path):
     run = tmp_path / "run"
     process = subprocess.Popen([*LAUNCH, *TRAIN, "--out", str(run), *settings("training.max_steps=100000",

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import signal
+import time
 
 import pytest
 import torch
@@ -154,6 +155,28 @@ def test_a_time_budget_sizes_the_schedule_to_end_inside_it(data_env, tmp_path):
     assert summary["train_seconds"] <= 0.1 * 60 * 1.1
     assert [r for r in records if "lr" in r][-1]["lr"] == pytest.approx(1e-5, rel=0.05)  # annealed to the floor
     assert len([r for r in records if "val_bleu" in r and "averaged" not in r]) >= 3
+
+
+def test_a_machine_that_slows_down_after_the_plan_still_ends_inside_the_budget(data_env, tmp_path, monkeypatch):
+    """Another job takes the cores once the plan is made: every step now costs 20 ms more. With one evaluation
+    (at the end) nothing but the pace checks between evaluations can shorten the plan."""
+    from transformerkit.training.trainer import Trainer
+
+    step = Trainer.step
+
+    def slowed(self, group):
+        if self.progress.plan is not None:
+            time.sleep(0.02)
+        return step(self, group)
+
+    monkeypatch.setattr(Trainer, "step", slowed)
+    recipe = tiny_recipe("training.budget_minutes=0.1", "training.schedule=\"cosine\"", "training.min_lr=1e-5",
+                         "training.evaluations=1", "training.max_minutes=0.3")
+    summary = train_recipe(recipe, tmp_path / "run", progress_bar=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    plans = [r["planned_steps"] for r in records if "planned_steps" in r and "summary" not in r]
+    assert summary["finished"] == "budget" and summary["step"] == plans[-1] < plans[0]
+    assert summary["train_seconds"] <= 0.1 * 60 * 1.1
 
 
 def test_a_float32_run_records_the_library_its_products_ran_on(data_env, tmp_path, monkeypatch):

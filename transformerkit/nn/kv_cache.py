@@ -65,11 +65,8 @@ class KVCache:
         """Move position t of row b to where row rows[b, t] (B, T) holds it, for the first T positions: what a
         traced step read through DecodeState.origin, made real for a step that reads the cache as it is."""
         length = rows.shape[1]
-        if self.spare is None:
-            self.spare = (torch.zeros_like(self.k), torch.zeros_like(self.v))
-        k, v = self.spare
-        k[:, :, :length], v[:, :, :length] = self._gather(self.k, rows), self._gather(self.v, rows)
-        self.spare, self.k, self.v = (self.k, self.v), k, v
+        k, v = self._swap_in_spare()
+        self.k[:, :, :length], self.v[:, :, :length] = self._gather(k, rows), self._gather(v, rows)
 
     def reorder(self, index: Tensor, length: int) -> None:
         """Keep rows `index` of the batch. A reorder that keeps the number of rows (a beam search step) gathers the
@@ -79,12 +76,19 @@ class KVCache:
             self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
             self.spare = None
             return
+        k, v = self._swap_in_spare()
+        torch.index_select(k[:, :, :length], 0, index, out=self.k[:, :, :length])  # (B, Hkv, length, D)
+        torch.index_select(v[:, :, :length], 0, index, out=self.v[:, :, :length])
+
+    def _swap_in_spare(self) -> tuple[Tensor, Tensor]:
+        """Make the spare buffers the cache (created on first use) and return the old keys and values to read
+        from: a reorder writes into the cache while reading what it held, without allocating."""
         if self.spare is None:
             self.spare = (torch.zeros_like(self.k), torch.zeros_like(self.v))
-        k, v = self.spare
-        torch.index_select(self.k[:, :, :length], 0, index, out=k[:, :, :length])  # (B, Hkv, length, D)
-        torch.index_select(self.v[:, :, :length], 0, index, out=v[:, :, :length])
-        self.spare, self.k, self.v = (self.k, self.v), k, v
+        old = (self.k, self.v)
+        self.k, self.v = self.spare
+        self.spare = old
+        return old
 
 
 @dataclass

@@ -234,6 +234,8 @@ class Trainer:
         if c.snapshot_every and p.step % c.snapshot_every == 0 and self._snapshot_is_kept():
             self._snapshot()
         planned_now = self._plan_if_due()
+        if not planned_now:
+            self._keep_pace()
         reason = self._limit_reached()
         save_due = bool(c.checkpoint_minutes) and p.elapsed - self._saved_at >= 60 * c.checkpoint_minutes
         if self.place.size > 1:  # every rank must stop (and save) at the same step, or the others wait forever
@@ -324,7 +326,8 @@ class Trainer:
         if p.plan is not None and not self._budget_changed():
             return False
         timed = p.step - self._timing_from[0]
-        if timed < PLAN_AFTER_STEPS and (timed < 3 or p.elapsed - self._timing_from[1] < 0.05 * 60 * c.budget_minutes):
+        if not self._agreed(timed >= PLAN_AFTER_STEPS or (timed >= 3 and p.elapsed - self._timing_from[1]
+                                                                 >= 0.05 * 60 * c.budget_minutes)):
             return False
         self._evaluate_and_save()
         total = self._budget_total()
@@ -355,6 +358,23 @@ class Trainer:
         p.plan = plan
         self._plan_changed(f"re-planned: {plan['planned_steps']} steps fit in what is left of the budget")
 
+    def _keep_pace(self) -> None:
+        """Between evaluations, at every twentieth of the plan, shorten a plan that the pace measured so far would
+        carry past the budget: a machine that slows down (another job on its cores) would otherwise overrun by up to
+        the time to the next evaluation. Lengthening waits for the next evaluation, whose time is then known."""
+        p = self.progress
+        if p.plan is None or self._timing_from is None or self._budget_changed():
+            return
+        if p.step % max(1, p.plan["planned_steps"] // 20) == 0 and self._budget_total() < p.plan["planned_steps"]:
+            self._replan()
+
+    def _agreed(self, due: bool) -> bool:
+        """A decision made from this rank's clock, made true on every rank if on any: ranks that planned at
+        different steps would wait on each other's collectives forever."""
+        if self.place.size > 1:
+            return distributed.all_reduce_sums(float(due), device=self.device)[0] > 0
+        return due
+
     def _budget_changed(self) -> bool:
         """Whether the plan was made for another budget than the run's (changed on resuming): it is re-sized, once
         this session has timed its steps, even if a first resumed session stopped before it could be."""
@@ -368,7 +388,11 @@ class Trainer:
         self._tick()
         self._step_seconds = max(1e-6, (p.elapsed - first_elapsed - self._eval_time) / max(1, p.step - first_step))
         self._eval_seconds = self._eval_time / max(1, self._evals) if self.evaluate is not None else 0.0
-        return plan_budget(60 * c.budget_minutes, p.elapsed, p.step, self._step_seconds, self._eval_seconds,
+        elapsed = p.elapsed
+        if self.place.size > 1:  # one plan for all ranks, from the main rank's clock (it alone evaluates)
+            mine = (elapsed, self._step_seconds, self._eval_seconds) if self.place.is_main else (0.0, 0.0, 0.0)
+            elapsed, self._step_seconds, self._eval_seconds = distributed.all_reduce_sums(*mine, device=self.device)
+        return plan_budget(60 * c.budget_minutes, elapsed, p.step, self._step_seconds, self._eval_seconds,
                            c.evaluations, c.eval_every, c.snapshot_every, bool(c.average_last), c.max_steps)
 
     def _plan_changed(self, message: str) -> None:
