@@ -24,7 +24,8 @@ from .conftest import TINY
 
 KEYS = ["training.lr", "training.warmup_steps", "training.betas", "training.clip_norm", "training.schedule",
         "training.precision", "training.seed", "training.log_every", "training.accumulate", "training.min_lr",
-        "training.weight_decay", "training.label_smoothing", "training.snapshot_every", "training.average_last",
+        "training.weight_decay", "training.label_smoothing", "training.rdrop", "training.snapshot_every",
+        "training.average_last",
         "data.batch_tokens", "data.corpus", "data.source", "data.max_sentence_tokens", "data.val_sentences",
         "tokenizer.vocab_size", "tokenizer.joint", "tokenizer.kind", "tokenizer.min_frequency",
         "model.d_model", "model.n_heads", "model.n_layers", "model.d_ff", "model.dropout", "model.norm_position",

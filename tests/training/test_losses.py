@@ -62,3 +62,17 @@ def test_a_large_vocabulary_gets_chunks_of_at_least_min_rows(monkeypatch):
     h, w = torch.randn(1200, 8, requires_grad=True), torch.randn(losses.CHUNK_ELEMENTS // 41, 8, requires_grad=True)
     linear_cross_entropy(h, w, None, torch.randint(0, w.shape[0], (1200,)))
     assert seen[0] == losses.MIN_ROWS  # the first logits matmul: MIN_ROWS rows, not 41
+
+
+def test_rdrop_loss_is_both_passes_cross_entropy_plus_half_their_symmetric_divergence():
+    h = torch.randn(2 * 40, 16, dtype=torch.float64)
+    w, b = torch.randn(50, 16, dtype=torch.float64), torch.randn(50, dtype=torch.float64)
+    y = torch.randint(0, 50, (40,))
+    first, second = F.linear(h, w, b).log_softmax(-1).chunk(2)
+    divergence = (F.kl_div(second, first, log_target=True, reduction="sum")  # KL(p1 || p2)
+                  + F.kl_div(first, second, log_target=True, reduction="sum"))  # KL(p2 || p1)
+    both = F.cross_entropy(F.linear(h, w, b), torch.cat([y, y]), label_smoothing=0.1, reduction="sum")
+    torch.testing.assert_close(losses.rdrop_loss(h, w, b, y, 0.1, alpha=5.0), both + 2.5 * divergence)
+    same = torch.cat([h[:40], h[:40]])  # two passes that agree: nothing to pull together
+    torch.testing.assert_close(losses.rdrop_loss(same, w, b, y, 0.1, alpha=5.0),
+                               2 * linear_cross_entropy(h[:40], w, b, y, 0.1))

@@ -25,7 +25,7 @@ from ..errors import ConfigError, DataError
 from ..evaluation.metrics import perplexity, sacrebleu_score
 from ..inference.translate import DecodeOptions, translate
 from ..models import EncoderDecoder, RNNSeq2Seq, build_model
-from ..training.losses import linear_cross_entropy
+from ..training.losses import linear_cross_entropy, rdrop_loss
 from ..training.trainer import TrainConfig
 from .recipe import Setup, model_keys, read_tables, starting_model, table_errors
 
@@ -92,18 +92,27 @@ class TranslationLoss:
     """Label-smoothed cross-entropy of the next target token (teacher forcing), padding excluded.
 
     Works for any sequence-to-sequence model that gives target-side hidden states and its output layer:
-    the Transformer's EncoderDecoder and the recurrent models alike.
+    the Transformer's EncoderDecoder and the recurrent models alike. With `rdrop` > 0 every batch goes through
+    the model twice (stacked, one forward of twice the rows), and the loss adds R-Drop's divergence between the
+    two passes (training/losses.py, rdrop_loss), at twice the activation memory. The loss then counts each target
+    token twice, and the training loss logged includes the divergence: it compares only with runs at the same rdrop.
     """
 
-    def __init__(self, label_smoothing: float = 0.1):
-        self.label_smoothing = label_smoothing
+    def __init__(self, label_smoothing: float = 0.1, rdrop: float = 0.0):
+        self.label_smoothing, self.rdrop = label_smoothing, rdrop
 
     def __call__(self, model: nn.Module, batch: Seq2SeqBatch) -> tuple[Tensor, int]:
-        hidden = model.hidden_states(batch.source, batch.target_in, batch.source_mask, batch.target_mask)  # (B, T, C)
-        mask, output = batch.target_mask, model.output_layer()
-        loss = linear_cross_entropy(hidden[mask], output.weight, output.bias, batch.target_out[mask],
-                                    self.label_smoothing)
-        return loss, batch.n_target_tokens
+        passes = 2 if self.rdrop else 1
+        inputs = (batch.source, batch.target_in, batch.source_mask, batch.target_mask)  # (B, S), (B, T), ...
+        source, target_in, source_mask, target_mask = (x.repeat(2, 1) for x in inputs) if self.rdrop else inputs
+        hidden = model.hidden_states(source, target_in, source_mask, target_mask)  # (passes * B, T, C)
+        output, target = model.output_layer(), batch.target_out[batch.target_mask]  # target (N,)
+        if self.rdrop:
+            loss = rdrop_loss(hidden[target_mask], output.weight, output.bias, target, self.label_smoothing,
+                              self.rdrop)
+        else:
+            loss = linear_cross_entropy(hidden[target_mask], output.weight, output.bias, target, self.label_smoothing)
+        return loss, passes * batch.n_target_tokens
 
 
 class TranslationData:
@@ -145,13 +154,16 @@ class TranslationData:
 def prepare(recipe: dict[str, Any], run_dir: Path, resume: bool = False, init: nn.Module | None = None,
             device: torch.device | str = "cpu") -> Setup:
     training = dict(recipe.get("training") or {})
-    label_smoothing = training.pop("label_smoothing", 0.1)
+    label_smoothing, rdrop = training.pop("label_smoothing", 0.1), training.pop("rdrop", 0.0)
     tables = read_tables({**recipe, "training": training}, data=DataTable, tokenizer=TokenizerTable,
                          model=model_keys("preset", "architecture", rnn=True), training=TrainConfig,
                          decoding=DecodeOptions)
     data, train_config = tables["data"], tables["training"]
     if not isinstance(label_smoothing, (int, float)) or not 0 <= label_smoothing < 1:
         raise ConfigError(f"[training] label_smoothing: {label_smoothing!r} is not allowed; it must be in [0, 1)")
+    if not isinstance(rdrop, (int, float)) or isinstance(rdrop, bool) or not 0 <= rdrop < math.inf:
+        raise ConfigError(f"[training] rdrop: {rdrop!r} is not allowed; it must be a finite number, 0 (off) or "
+                          "more (R-Drop's alpha)")
     train, val = load_corpus(data, "train"), load_corpus(data, "val")
 
     model = starting_model(run_dir, resume, init, lambda: new_model(tables["model"], train, tables["tokenizer"]))
@@ -179,7 +191,8 @@ def prepare(recipe: dict[str, Any], run_dir: Path, resume: bool = False, init: n
                                  train_config.seed, config.pad_id, config.bos_id, config.eos_id, resegment, limit)
     n_val = data.val_sentences or len(val)
     evaluate = make_evaluator(val.sources[:n_val], val.targets[:n_val], data.batch_tokens, device)
-    return Setup(model, train_data, TranslationLoss(label_smoothing), train_config, evaluate, "val_bleu", floor=1.0)
+    return Setup(model, train_data, TranslationLoss(label_smoothing, rdrop), train_config, evaluate, "val_bleu",
+                 floor=1.0)
 
 
 def new_model(fields: dict[str, Any], train: Parallel, tokenizer_table: TokenizerTable) -> nn.Module:

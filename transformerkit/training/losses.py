@@ -15,6 +15,7 @@ few passes over its logits.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..nn.linear import add_linear, linear
@@ -107,3 +108,21 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, bias: Tensor | None, ta
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
     with torch.autocast(device, enabled=False):
         return _LinearCrossEntropy.apply(hidden, weight, bias, target, smoothing, dtype)
+
+
+
+def rdrop_loss(hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, smoothing: float,
+               alpha: float) -> Tensor:
+    """R-Drop (Liang et al., 2021, eq. 3): the batch went through the model twice, with different dropout masks.
+    hidden (2N, C) holds both passes' real tokens (the first pass's N, then the second's), target (N,) their
+    targets. Returns both passes' summed label-smoothed cross-entropy plus, for every token, alpha/2 times the
+    symmetric KL divergence of the two next-token distributions. The logits are made whole (2N x V), not chunked
+    like linear_cross_entropy's: the divergence needs both passes' distributions side by side."""
+    logits = linear(hidden, weight, bias)  # (2N, V); under autocast the product is bfloat16, the softmax float32
+    log_probs = logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(dim=-1)
+    picked = log_probs.gather(1, target.repeat(2)[:, None]).sum()
+    loss = -(1 - smoothing) * picked - smoothing * log_probs.mean(dim=-1).sum()  # smoothed as linear_cross_entropy
+    first, second = log_probs.chunk(2)  # (N, V) each: log p1, log p2
+    divergence = (F.kl_div(second, first, log_target=True, reduction="sum")  # KL(p1 || p2)
+                  + F.kl_div(first, second, log_target=True, reduction="sum"))  # KL(p2 || p1)
+    return loss + 0.5 * alpha * divergence

@@ -253,7 +253,7 @@ class Trainer:
             reason = self._evaluate_and_save() or reason
             if reason is None and p.plan is not None:
                 self._replan()
-                reason = self._limit_reached()
+                reason = "budget" if p.step >= p.plan["planned_steps"] else None  # not the clock: ranks differ
         elif save_due:  # a resumable checkpoint at least every checkpoint_minutes, not only at evaluations
             self._save_last()
         return reason
@@ -345,28 +345,31 @@ class Trainer:
         self._plan_changed(f"budget {c.budget_minutes:g} min: {total} steps fit (warmup {p.plan['warmup_steps']})")
         return True
 
-    def _replan(self) -> None:
+    def _replan(self, total: int | None = None) -> None:
         """After each evaluation of a budgeted run, size what is left of the schedule to the time that is left,
         at the speed measured so far: machines are noisy, and the first steps are not every step. A cosine
         decay under way continues from where it is (schedules.cosine's anchor), so the rate never jumps."""
         p = self.progress
-        if self._timing_from is None:  # resumed right at an evaluation: nothing timed in this session yet
+        if self._timing_from is None or p.step - self._timing_from[0] < 3:  # resumed right before an evaluation
             return
-        plan = replanned(p.plan, p.step, self._budget_total())
+        plan = replanned(p.plan, p.step, total or self._budget_total())
         if plan["planned_steps"] == p.plan["planned_steps"]:
             return
         p.plan = plan
         self._plan_changed(f"re-planned: {plan['planned_steps']} steps fit in what is left of the budget")
 
     def _keep_pace(self) -> None:
-        """Between evaluations, at every twentieth of the plan, shorten a plan that the pace measured so far would
-        carry past the budget: a machine that slows down (another job on its cores) would otherwise overrun by up to
-        the time to the next evaluation. Lengthening waits for the next evaluation, whose time is then known."""
+        """Between evaluations, at every twentieth of the plan, shorten a plan that this session's pace so far (its
+        mean step) would carry past the budget: a machine that slows down (another job on its cores) would otherwise
+        overrun by up to the time to the next evaluation. Lengthening waits for the next evaluation."""
         p = self.progress
-        if p.plan is None or self._timing_from is None or self._budget_changed():
+        if p.plan is None or self._timing_from is None or self._budget_changed() \
+                or p.step - self._timing_from[0] < PLAN_AFTER_STEPS:
             return
-        if p.step % max(1, p.plan["planned_steps"] // 20) == 0 and self._budget_total() < p.plan["planned_steps"]:
-            self._replan()
+        if p.step % max(1, p.plan["planned_steps"] // 20) == 0:
+            total = self._budget_total()
+            if total < p.plan["planned_steps"]:
+                self._replan(total)
 
     def _agreed(self, due: bool) -> bool:
         """A decision made from this rank's clock, made true on every rank if on any: ranks that planned at
@@ -388,6 +391,8 @@ class Trainer:
         self._tick()
         self._step_seconds = max(1e-6, (p.elapsed - first_elapsed - self._eval_time) / max(1, p.step - first_step))
         self._eval_seconds = self._eval_time / max(1, self._evals) if self.evaluate is not None else 0.0
+        if not self._evals and p.plan:  # a resumed session that has not evaluated yet: as the plan measured
+            self._eval_seconds = p.plan.get("eval_seconds", 0.0)
         elapsed = p.elapsed
         if self.place.size > 1:  # one plan for all ranks, from the main rank's clock (it alone evaluates)
             mine = (elapsed, self._step_seconds, self._eval_seconds) if self.place.is_main else (0.0, 0.0, 0.0)
@@ -397,11 +402,12 @@ class Trainer:
 
     def _plan_changed(self, message: str) -> None:
         p = self.progress
+        p.plan["eval_seconds"] = self._eval_seconds
         self._set_schedule()
         self.bar.total = p.plan["planned_steps"]
         self.bar.refresh()
         self._log({"step": p.step, **p.plan, "budget_minutes": self.config.budget_minutes,
-                   "step_seconds": self._step_seconds, "eval_seconds": self._eval_seconds, "elapsed": p.elapsed})
+                   "step_seconds": self._step_seconds, "elapsed": p.elapsed})
         self._print(f"{message} ({self._step_seconds:.2f} s a step, {self._eval_seconds:.1f} s an evaluation)")
 
     def _set_schedule(self) -> None:
