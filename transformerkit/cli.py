@@ -215,7 +215,8 @@ def export(args: argparse.Namespace) -> None:
          arg("--precision", choices=["auto", "fp32", "bf16"],
              help="auto (the recipes' default): bfloat16 autocast only where this machine runs it natively and faster"),
          arg("--bf16", action="store_true", help="shorthand for --precision bf16"),
-         arg("--compile", action="store_true", help="torch.compile the training step"),
+         arg("--compile", action="store_true", help="torch.compile the training step (on the CPU it has "
+             "not paid at our sizes: see README)"),
          arg("--fsdp", action="store_true", help="under torchrun: FSDP instead of DDP"),
          arg("--no-progress", action="store_true", help="no progress bar"))
 def train(args: argparse.Namespace) -> None:
