@@ -110,7 +110,6 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, bias: Tensor | None, ta
         return _LinearCrossEntropy.apply(hidden, weight, bias, target, smoothing, dtype)
 
 
-
 def rdrop_loss(hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, smoothing: float,
                alpha: float) -> Tensor:
     """R-Drop (Liang et al., 2021, eq. 3): the batch went through the model twice, with different dropout masks.
