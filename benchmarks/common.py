@@ -61,11 +61,13 @@ def write_json(name: str, data) -> Path:
 
 
 def kept_rows(path, rows: list[dict]) -> list[dict]:
-    """The rows of an earlier run on this machine kind for the sizes and dtypes not measured now: each row is a
-    side-by-side comparison made in one run, so a run of some sizes adds to the file instead of replacing it."""
-    measured = {(r["size"], r["dtype"]) for r in rows}
+    """The rows of earlier runs on this machine kind that this run does not replace: those of the sizes and
+    dtypes not measured now, and those measured on another machine of the kind (another processor generation
+    or thread count). Each row is a side-by-side comparison made in one run, so a run of some sizes adds to
+    the file instead of replacing it."""
+    measured = {(r["size"], r["dtype"], r["machine"]) for r in rows}
     earlier = json.loads(path.read_text()) if path.exists() else []
-    return [r for r in earlier if (r["size"], r["dtype"]) not in measured]
+    return [r for r in earlier if (r["size"], r["dtype"], r["machine"]) not in measured]
 
 
 def print_table(rows, header) -> None:

@@ -24,9 +24,9 @@ if not os.environ.get("TRANSFORMERKIT_MATMUL"):
     # ranks): where oneDNN and MKL are close, each process's own probe could pick differently under load, and
     # runs compared to 1e-5 (FSDP against DDP, a resumed run against an unbroken one) would round differently.
     # An explicit TRANSFORMERKIT_MATMUL (even =auto) is left as it is.
-    from transformerkit.runtime import MATMUL_ENV, onednn_matmul_pays
+    from transformerkit.runtime import MATMUL_ENV, float32_libraries
 
-    os.environ[MATMUL_ENV] = "onednn" if onednn_matmul_pays() else "default"
+    os.environ[MATMUL_ENV] = float32_libraries()
 
 SHARED_DATA = Path(os.environ.get("TRANSFORMERKIT_DATA") or Path(__file__).parents[2] / "shared" / "data")
 SLICE = {"train": 400, "val": 40, "test_2016_flickr": 40}

@@ -54,22 +54,30 @@ def test_an_explicit_request_and_the_environment_win(machine, monkeypatch):
         runtime.choose_precision("auto", "cpu", 64)
 
 
-def test_the_environment_fixes_the_float32_matmul_library(monkeypatch):
-    """$TRANSFORMERKIT_MATMUL overrides the timed choice between oneDNN and MKL (conftest sets it for the whole
-    suite, so that processes compared to the last digit multiply alike); a bad value is a ConfigError."""
+def test_the_environment_fixes_the_float32_matmul_libraries(monkeypatch):
+    """$TRANSFORMERKIT_MATMUL overrides the timed choices between oneDNN and MKL, for products with a weight and
+    for weight gradients (conftest sets it for the whole suite, so that processes compared to the last digit
+    multiply alike); a bad value is a ConfigError."""
     from transformerkit.nn.linear import can_pack_weights
+
+    probes = (runtime.onednn_matmul_pays, runtime.onednn_weight_gradient_pays)
 
     def answer(value):
         monkeypatch.setenv(runtime.MATMUL_ENV, value)
-        runtime.onednn_matmul_pays.cache_clear()
+        for probe in probes:
+            probe.cache_clear()
         try:
-            return runtime.onednn_matmul_pays()
+            return tuple(probe() for probe in probes), runtime.float32_libraries()
         finally:
-            runtime.onednn_matmul_pays.cache_clear()
+            for probe in probes:
+                probe.cache_clear()
 
-    assert answer("default") is False
-    assert answer("onednn") is can_pack_weights()
-    answer("auto")  # timed: either answer is right, on some machine
+    onednn = can_pack_weights()
+    assert answer("default") == ((False, False), "default")
+    assert answer("split") == ((onednn, False), "split" if onednn else "default")
+    assert answer("onednn") == ((onednn, onednn), "onednn" if onednn else "default")
+    (products, gradients), libraries = answer("auto")  # timed: any answer is right, on some machine
+    assert gradients <= products and libraries in runtime.FLOAT32_LIBRARIES
     with pytest.raises(ConfigError, match=runtime.MATMUL_ENV):
         answer("mkl")
 

@@ -23,7 +23,8 @@ from .errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16")
 PRECISION_ENV = "TRANSFORMERKIT_PRECISION"
-MATMUL_ENV = "TRANSFORMERKIT_MATMUL"  # onednn | default | auto: float32 CPU products (see onednn_matmul_pays)
+MATMUL_ENV = "TRANSFORMERKIT_MATMUL"  # onednn | split | default | auto: float32 CPU products (float32_libraries)
+FLOAT32_LIBRARIES = ("onednn", "split", "default")  # see float32_libraries
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 AVX-512 BF16 and AMX; "bf16" is ARM's BF16 extension
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _tuned = False
@@ -63,10 +64,18 @@ def cpu_flags() -> set[str]:
 
 
 def cpu_name() -> str:
+    """The processor's name, with its family and model numbers where /proc/cpuinfo has them: a virtual machine
+    may call every generation "AMD EPYC", and Zen 4 (family 25) and Zen 5 (family 26) differ in what runs fast."""
     try:
+        fields = {}
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            if not key.strip():
+                break  # the first processor's block ends
+            fields.setdefault(key.strip(), value.strip())
+        if "model name" in fields:
+            numbers = f" (family {fields['cpu family']}, model {fields['model']})" if "cpu family" in fields else ""
+            return fields["model name"] + numbers
     except OSError:
         pass
     import platform
@@ -151,7 +160,7 @@ def decoding_layout_choice(out_features: int, in_features: int, dtype: torch.dty
     from .nn.linear import can_pack_weights, onednn_product, pack_weight
 
     if _fixed_float32_library(dtype):
-        return "packed" if matmul_choice() == "onednn" and can_pack_weights(dtype) else "linear"
+        return "packed" if matmul_choice() in ("onednn", "split") and can_pack_weights(dtype) else "linear"
     x, pool = _layout_pool(out_features, in_features, dtype)
     linear = torch.nn.functional.linear
     pools = {"linear": pool}
@@ -263,10 +272,11 @@ def _pool_pass(run, pool: list) -> float:
 
 
 def matmul_choice() -> str:
-    """$TRANSFORMERKIT_MATMUL: "onednn" or "default" fixes the float32 CPU matmul library, "auto" (or unset)
-    times it (onednn_matmul_pays, decoding_layout_choice); checked when a command starts, so a typo is an error
-    even where no float32 product would read it."""
-    return environment_choice(MATMUL_ENV, ("auto", "onednn", "default")) or "auto"
+    """$TRANSFORMERKIT_MATMUL: "onednn", "split" or "default" fixes the float32 CPU matmul libraries (see
+    float32_libraries), "auto" (or unset) times them (onednn_matmul_pays, onednn_weight_gradient_pays,
+    decoding_layout_choice); checked when a command starts, so a typo is an error even where no float32 product
+    would read it."""
+    return environment_choice(MATMUL_ENV, FLOAT32_LIBRARIES + ("auto",)) or "auto"
 
 
 def environment_choice(name: str, allowed: tuple[str, ...]) -> str | None:
@@ -285,17 +295,50 @@ def onednn_matmul_pays() -> bool:
 
     Where the two are close the answer can change from one process to the next with the machine's load
     (oneDNN limited to AVX2 took 0.72-0.89x MKL's time on an AMD EPYC), and the two round differently: two
-    runs meant to be compared to the last digit set $TRANSFORMERKIT_MATMUL=onednn or =default to fix it."""
+    runs meant to be compared to the last digit set $TRANSFORMERKIT_MATMUL to fix it (float32_libraries)."""
     from .nn.linear import can_pack_weights, onednn_product
 
     choice = matmul_choice()
     if choice == "default" or not can_pack_weights():  # asked for, or a build without oneDNN's linear
         return False
-    if choice == "onednn":
+    if choice in ("onednn", "split"):
         return True
     x, weight = torch.full((512, 384), 0.01), torch.full((1536, 384), 0.01)
     default = _fastest(lambda: torch.nn.functional.linear(x, weight), repeats=3)
     return _fastest(lambda: onednn_product(x, weight), repeats=3) < 0.9 * default
+
+
+@lru_cache(maxsize=None)
+def onednn_weight_gradient_pays() -> bool:
+    """Whether a weight's gradient, g^T x, goes through oneDNN too, where its products with x do
+    (onednn_matmul_pays). oneDNN reads its first operand row by row, so it first copies the transposed view g^T:
+    (rows x out), the largest tensor a layer's products touch. MKL reads the view in place. Timed once per process
+    at 4,096 rows, where the copy no longer fits the caches as a training step's does not; oneDNN must win by 10%.
+
+    Machines differ. On the AMD EPYC of nn/linear.py's figures oneDNN's gradients took 10-13 ms against MKL's 22,
+    copy included (one thread, 2048 x 384 @ 384 x 1536). On a 2-core AMD EPYC of family 25 (Zen 4), 2 threads,
+    16,384 rows, they took 1.1-1.9x MKL's time (1536 x 384: 192 against 101 ms), while oneDNN's forward and
+    input-gradient products were still 5-15% faster than MKL's."""
+    from .nn.linear import onednn_product
+
+    choice = matmul_choice()
+    if choice in ("default", "split") or not onednn_matmul_pays():
+        return False
+    if choice == "onednn":
+        return True
+    grad, x = torch.full((4096, 1536), 0.01), torch.full((4096, 384), 0.01)
+    default = _fastest(lambda: grad.t() @ x, repeats=3)
+    return _fastest(lambda: onednn_product(grad.t(), x.t()), repeats=3) < 0.9 * default
+
+
+def float32_libraries() -> str:
+    """Where this process's float32 CPU training products run: "onednn" (all of them through oneDNN), "split"
+    (x W^T and its input gradient through oneDNN, weight gradients through the default library) or "default"
+    (MKL). The libraries add in different orders, so a run records it, and runs compared to the last digit fix
+    it with $TRANSFORMERKIT_MATMUL."""
+    if not onednn_matmul_pays():
+        return "default"
+    return "onednn" if onednn_weight_gradient_pays() else "split"
 
 
 def choose_precision(requested: str = "auto", device: torch.device | str = "cpu", width: int = 256) -> Precision:

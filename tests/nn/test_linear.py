@@ -26,8 +26,11 @@ def route(monkeypatch):
 
     monkeypatch.setattr(linear_module, "onednn_product", counted)
 
-    def force(pays: bool):
+    def force(pays: bool, weight_gradients: bool | None = None):
+        """`pays`: products with a weight through oneDNN; `weight_gradients` (default: the same) theirs too."""
         monkeypatch.setattr(runtime, "onednn_matmul_pays", lambda: pays)
+        both = pays if weight_gradients is None else weight_gradients
+        monkeypatch.setattr(runtime, "onednn_weight_gradient_pays", lambda: both)
         return calls
 
     return force
@@ -35,8 +38,9 @@ def route(monkeypatch):
 
 @onednn
 @pytest.mark.parametrize("bias", [True, False])
-def test_the_onednn_product_and_its_gradients_equal_f_linear(route, bias):
-    calls = route(True)
+@pytest.mark.parametrize("weight_gradients", [True, False])
+def test_the_onednn_product_and_its_gradients_equal_f_linear(route, bias, weight_gradients):
+    calls = route(True, weight_gradients)
     torch.manual_seed(0)
     x = torch.randn(3, 200, 96, requires_grad=True)  # (B, T, in): 600 rows
     weight = torch.randn(80, 96, requires_grad=True)
@@ -46,7 +50,8 @@ def test_the_onednn_product_and_its_gradients_equal_f_linear(route, bias):
 
     ours = linear(x, weight, b)
     ours_grads = torch.autograd.grad(ours, leaves, grad_out)
-    assert len(calls) == 3  # the product, then the input's and the weight's gradients
+    # the product and the input's gradient, then the weight's where it goes through oneDNN too
+    assert len(calls) == (3 if weight_gradients else 2)
     reference = F.linear(x, weight, b)
     reference_grads = torch.autograd.grad(reference, leaves, grad_out)
     assert ours.shape == reference.shape
@@ -91,12 +96,15 @@ def test_small_products_single_rows_other_dtypes_and_autocast_stay_with_f_linear
 
 
 @onednn
-@pytest.mark.parametrize("pays", [True, False])
-def test_add_linear_adds_the_product_to_a_running_sum(route, pays):
-    calls = route(pays)
+@pytest.mark.parametrize("pays, weight_gradients", [(True, True), (True, False), (False, False)])
+def test_add_linear_adds_the_product_to_a_running_sum(route, pays, weight_gradients):
+    calls = route(pays, weight_gradients)
     out, x, weight = torch.randn(80, 96), torch.randn(80, 600), torch.randn(96, 600)
     expected = out + x @ weight.t()
-    torch.testing.assert_close(add_linear(out.clone(), x, weight), expected, rtol=1e-5, atol=1e-3)
+    running = out.clone()
+    result = add_linear(running, x, weight)
+    torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-3)
+    assert (result is running) != weight_gradients  # MKL adds in place; oneDNN returns a new sum
     # the fused loss's weight gradient is such a running sum, chunk by chunk
     hidden = torch.randn(1500, 96, requires_grad=True)
     table = torch.randn(700, 96, requires_grad=True)

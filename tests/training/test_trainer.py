@@ -184,18 +184,21 @@ def test_a_float32_run_records_the_library_its_products_ran_on(data_env, tmp_pat
     from transformerkit import runtime
     from transformerkit.nn.linear import can_pack_weights
 
+    probes = (runtime.onednn_matmul_pays, runtime.onednn_weight_gradient_pays)
     monkeypatch.setenv(runtime.PRECISION_ENV, "fp32")
     try:
-        for library in ("default", "onednn"):
+        for library in runtime.FLOAT32_LIBRARIES:
             monkeypatch.setenv(runtime.MATMUL_ENV, library)
-            runtime.onednn_matmul_pays.cache_clear()
+            for probe in probes:
+                probe.cache_clear()
             train_recipe(tiny_recipe("training.max_steps=1", "training.eval_every=0"), tmp_path / library,
                          progress_bar=False)
             first = json.loads((tmp_path / library / "metrics.jsonl").read_text().splitlines()[0])
             assert first["precision"] == "fp32"
             assert first["fp32_matmul"] == (library if can_pack_weights() else "default")
     finally:
-        runtime.onednn_matmul_pays.cache_clear()  # the next test reads the suite's own setting again
+        for probe in probes:
+            probe.cache_clear()  # the next test reads the suite's own setting again
 
 
 def test_a_finished_budgeted_run_resumed_with_a_bigger_budget_trains_on_inside_it(data_env, tmp_path):

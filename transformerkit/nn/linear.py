@@ -43,11 +43,11 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 def add_linear(out: Tensor, x: Tensor, weight: Tensor) -> Tensor:
-    """out + x @ weight^T, with out (M, N), x (M, K), weight (N, K): a running sum of products (the fused loss's
-    weight gradient, chunk by chunk) in one pass over `out`, through oneDNN where `linear` would go there. The
-    result is `out` itself, updated in place (MKL), or a new tensor (oneDNN: `out` is read, not written): use the
-    returned one."""
-    if _use_onednn(x, weight):
+    """out + x @ weight^T, with out (M, N), x (M, K), weight (N, K): a running sum of weight gradients (the fused
+    loss's, chunk by chunk) in one pass over `out`, through oneDNN where a layer's weight gradient would go there
+    (runtime.onednn_weight_gradient_pays). The result is `out` itself, updated in place (MKL), or a new tensor
+    (oneDNN: `out` is read, not written): use the returned one."""
+    if _use_onednn(x, weight) and runtime.onednn_weight_gradient_pays():
         return torch.ops.mkldnn._linear_pointwise.binary(x, out, weight, None, "add")  # a new (M, N)
     return out.addmm_(x, weight.t())
 
@@ -217,8 +217,9 @@ def _use_onednn(x: Tensor, weight: Tensor) -> bool:
 
 
 class _OneDNNLinear(torch.autograd.Function):
-    """oneDNN's linear has no gradient formula in PyTorch: the backward pass is two more oneDNN products.
-    x (N, in), weight (out, in) -> (N, out)."""
+    """oneDNN's linear has no gradient formula in PyTorch: the backward pass is two more products, the input's
+    gradient through oneDNN and the weight's through the library timed faster for it (its first operand is a
+    transposed view, which oneDNN copies). x (N, in), weight (out, in) -> (N, out)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -233,8 +234,8 @@ class _OneDNNLinear(torch.autograd.Function):
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_x = onednn_product(grad, weight.t())  # grad @ W: (N, in)
-        if ctx.needs_input_grad[1]:
-            grad_weight = onednn_product(grad.t(), x.t())  # grad^T @ x: (out, in)
+        if ctx.needs_input_grad[1]:  # grad^T @ x: (out, in)
+            grad_weight = onednn_product(grad.t(), x.t()) if runtime.onednn_weight_gradient_pays() else grad.t() @ x
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum(dim=0)
         return grad_x, grad_weight, grad_bias

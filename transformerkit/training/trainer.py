@@ -596,14 +596,15 @@ class Trainer:
         """Say, and record as metrics.jsonl's first record of this session, what the machine decided."""
         threads, library = runtime.threads_line(), None
         if self.device.type == "cpu" and self.precision.name == "fp32":  # libraries round differently: record it
-            library = "onednn" if runtime.onednn_matmul_pays() else "default"
+            library = runtime.float32_libraries()
         self._log({"step": self.progress.step, "resumed": resume, "precision": self.precision.name,
                    "precision_reason": self.precision.reason, "threads": torch.get_num_threads(),
                    "device": str(self.device), "machine": runtime.describe_machine(),
                    **({"fp32_matmul": library} if library else {}), **({"changed": changes} if changes else {})})
         for key, (old, new) in (changes or {}).items():
             self._print(f"resumed with {key} = {new} (was {old})")
-        products = "; float32 products through oneDNN" if library == "onednn" else ""
+        products = {"onednn": "; float32 products through oneDNN",
+                    "split": "; float32 products through oneDNN, weight gradients through MKL"}.get(library, "")
         self._print(f"precision {self.precision.name} ({self.precision.reason}){products}; {threads}; "
                     f"device {self.device}")
 
