@@ -15,7 +15,7 @@ also gives the memory-bandwidth ceiling: a decoding step reads every weight once
 batch x (copy rate / weight bytes) tokens/s. dtypes default to float32, and bfloat16 where this machine
 multiplies it natively. Writes
 benchmarks/results/bench_decode-<machine kind>.json (-cuda on a GPU), keeping the rows of sizes and dtypes
-not measured in this run.
+not measured in this run and those of other processors (common.kept_rows).
 """
 
 from __future__ import annotations

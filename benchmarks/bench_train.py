@@ -9,7 +9,8 @@ gpt2-small has no recipe of its own: it is the shakespeare-char recipe with GPT-
 vocabulary (50,257) on random token windows. float32 everywhere; bfloat16 only where this machine multiplies
 it natively (runtime.native_bf16): emulated bf16 is 4-80x slower and nobody would train in it. MFU is model
 FLOPs per second over the matmul rate of a large matmul in the same dtype, measured in the same run.
-Writes benchmarks/results/bench_train-<machine kind>.json, keeping the rows of sizes not measured in this run.
+Writes benchmarks/results/bench_train-<machine kind>.json, keeping the rows of sizes not measured in this run
+and those of other processors (common.kept_rows); float32 rows record the libraries that multiplied.
 """
 
 from __future__ import annotations
@@ -199,7 +200,8 @@ def main() -> None:
                    "reference_tokens_per_second": tokens / ref, "speedup": ref / ours,
                    "mfu": flops / ours / rate, "reference_mfu": flops / ref / rate, "flops_per_token": flops / tokens,
                    "matmul_ceiling_flops": rate, "reference": type(reference).__name__,
-                   **machine_facts(), "precision": precision}
+                   **machine_facts(), "precision": precision,
+                   **({"fp32_matmul": runtime.float32_libraries()} if precision == "fp32" else {})}
             rows.append(row)
             print(f"{size} {precision}: ours {row['ours_tokens_per_second']:.0f} tok/s, reference "
                   f"{row['reference_tokens_per_second']:.0f} tok/s ({row['speedup']:.2f}x), MFU {row['mfu']:.1%}",

@@ -35,8 +35,8 @@ def machine_kind() -> str:
 
 def machine_facts() -> dict:
     """What every results JSON records about where it was measured."""
-    return {"machine": machine(), "machine_kind": machine_kind(), "native_bf16": runtime.native_bf16("cpu"),
-            "threads": torch.get_num_threads()}
+    return {"machine": machine(), "processor": runtime.cpu_name(), "machine_kind": machine_kind(),
+            "native_bf16": runtime.native_bf16("cpu"), "threads": torch.get_num_threads()}
 
 
 def copy_bandwidth() -> float:
@@ -62,12 +62,16 @@ def write_json(name: str, data) -> Path:
 
 def kept_rows(path, rows: list[dict]) -> list[dict]:
     """The rows of earlier runs on this machine kind that this run does not replace: those of the sizes and
-    dtypes not measured now, and those measured on another machine of the kind (another processor generation
-    or thread count). Each row is a side-by-side comparison made in one run, so a run of some sizes adds to
-    the file instead of replacing it."""
-    measured = {(r["size"], r["dtype"], r["machine"]) for r in rows}
+    dtypes not measured now, and those measured on another processor of the kind or at another thread count.
+    Each row is a side-by-side comparison made in one run, so a run of some sizes adds to the file instead of
+    replacing it. Rows written before `processor` was recorded are told apart by their machine line (which
+    then named no family or model), so no run replaces them: remove them by hand once they are superseded."""
+    def key(row):
+        return row["size"], row["dtype"], row.get("processor", row["machine"]), row["threads"]
+
+    measured = {key(r) for r in rows}
     earlier = json.loads(path.read_text()) if path.exists() else []
-    return [r for r in earlier if (r["size"], r["dtype"], r["machine"]) not in measured]
+    return [r for r in earlier if key(r) not in measured]
 
 
 def print_table(rows, header) -> None:

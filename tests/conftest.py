@@ -20,7 +20,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # what the CLI, run in-process or
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore", message=".*TypedStorage.*")
 if not os.environ.get("TRANSFORMERKIT_MATMUL"):
-    # One float32 matmul library for every process of the run (test workers, CLI subprocesses, distributed
+    # One choice of float32 matmul libraries for every process of the run (test workers, CLI subprocesses, distributed
     # ranks): where oneDNN and MKL are close, each process's own probe could pick differently under load, and
     # runs compared to 1e-5 (FSDP against DDP, a resumed run against an unbroken one) would round differently.
     # An explicit TRANSFORMERKIT_MATMUL (even =auto) is left as it is.

@@ -77,7 +77,7 @@ def test_the_environment_fixes_the_float32_matmul_libraries(monkeypatch):
     assert answer("split") == ((onednn, False), "split" if onednn else "default")
     assert answer("onednn") == ((onednn, onednn), "onednn" if onednn else "default")
     (products, gradients), libraries = answer("auto")  # timed: any answer is right, on some machine
-    assert gradients <= products and libraries in runtime.FLOAT32_LIBRARIES
+    assert (products or not gradients) and libraries in runtime.FLOAT32_LIBRARIES
     with pytest.raises(ConfigError, match=runtime.MATMUL_ENV):
         answer("mkl")
 

@@ -65,7 +65,8 @@ def cpu_flags() -> set[str]:
 
 def cpu_name() -> str:
     """The processor's name, with its family and model numbers where /proc/cpuinfo has them: a virtual machine
-    may call every generation "AMD EPYC", and Zen 4 (family 25) and Zen 5 (family 26) differ in what runs fast."""
+    may call every generation "AMD EPYC", and two "AMD EPYC" machines measured here differed 2x in matmul rate
+    and in which library multiplied weight gradients faster (runtime.onednn_weight_gradient_pays)."""
     try:
         fields = {}
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -74,7 +75,8 @@ def cpu_name() -> str:
                 break  # the first processor's block ends
             fields.setdefault(key.strip(), value.strip())
         if "model name" in fields:
-            numbers = f" (family {fields['cpu family']}, model {fields['model']})" if "cpu family" in fields else ""
+            numbers = (f" (family {fields['cpu family']}, model {fields['model']})"
+                       if {"cpu family", "model"} <= fields.keys() else "")
             return fields["model name"] + numbers
     except OSError:
         pass
@@ -155,8 +157,9 @@ def decoding_layout_choice(out_features: int, in_features: int, dtype: torch.dty
     model's (one thread, the same tokens out). Timed on a pool of such weights larger than the caches
     (transposing is only tried at 1 MB and up: smaller weights sit in the caches, where it was not seen to
     matter), once per process, shape and dtype (tens of milliseconds); a layout must win by 5% to be chosen.
-    $TRANSFORMERKIT_MATMUL, when it fixes the library, fixes float32's layout too (packed for oneDNN, nn.Linear's
-    for the default library), untimed: the layouts round differently."""
+    $TRANSFORMERKIT_MATMUL, when it fixes the library, fixes float32's layout too (packed where products with a
+    weight go through oneDNN, "onednn" or "split"; nn.Linear's for "default"), untimed: the layouts round
+    differently."""
     from .nn.linear import can_pack_weights, onednn_product, pack_weight
 
     if _fixed_float32_library(dtype):
@@ -311,14 +314,16 @@ def onednn_matmul_pays() -> bool:
 @lru_cache(maxsize=None)
 def onednn_weight_gradient_pays() -> bool:
     """Whether a weight's gradient, g^T x, goes through oneDNN too, where its products with x do
-    (onednn_matmul_pays). oneDNN reads its first operand row by row, so it first copies the transposed view g^T:
-    (rows x out), the largest tensor a layer's products touch. MKL reads the view in place. Timed once per process
-    at 4,096 rows, where the copy no longer fits the caches as a training step's does not; oneDNN must win by 10%.
+    (onednn_matmul_pays). oneDNN reads its first operand row by row, so it first copies the transposed view g^T
+    (rows x out: often the largest tensor of a layer's products); MKL reads the view in place. Timed once per
+    process at 4,096 rows, where g^T and its copy (48 MB) pass a 32 MB cache as a training step's do, in about
+    0.3 s at 2 threads; oneDNN must win by 10%.
 
     Machines differ. On the AMD EPYC of nn/linear.py's figures oneDNN's gradients took 10-13 ms against MKL's 22,
-    copy included (one thread, 2048 x 384 @ 384 x 1536). On a 2-core AMD EPYC of family 25 (Zen 4), 2 threads,
-    16,384 rows, they took 1.1-1.9x MKL's time (1536 x 384: 192 against 101 ms), while oneDNN's forward and
-    input-gradient products were still 5-15% faster than MKL's."""
+    copy included (one thread, 2048 x 384 @ 384 x 1536). On a 2-core AMD EPYC of family 25, model 17 (Zen 4),
+    2 threads, 16,384 rows, they took 1.1-1.9x MKL's time (1536 x 384: 192 against 101 ms) while oneDNN's
+    forward and input-gradient products were 5-15% faster than MKL's; this probe's oneDNN took 1.10-1.42x MKL's
+    time there (four probes)."""
     from .nn.linear import onednn_product
 
     choice = matmul_choice()
@@ -333,9 +338,9 @@ def onednn_weight_gradient_pays() -> bool:
 
 def float32_libraries() -> str:
     """Where this process's float32 CPU training products run: "onednn" (all of them through oneDNN), "split"
-    (x W^T and its input gradient through oneDNN, weight gradients through the default library) or "default"
-    (MKL). The libraries add in different orders, so a run records it, and runs compared to the last digit fix
-    it with $TRANSFORMERKIT_MATMUL."""
+    (x W^T and its input gradient through oneDNN, weight gradients through PyTorch's default library, MKL on
+    x86) or "default" (all through the default library). The libraries add in different orders, so a run
+    records it, and runs compared to the last digit fix it with $TRANSFORMERKIT_MATMUL."""
     if not onednn_matmul_pays():
         return "default"
     return "onednn" if onednn_weight_gradient_pays() else "split"

@@ -169,7 +169,8 @@ def test_a_fixed_matmul_library_fixes_the_float32_decoding_layout_without_timing
 
     monkeypatch.setattr(linear, "pack_weight", lambda weight: pytest.fail("timed: a pool of packed weights made"))
     try:
-        for library, layout in (("default", "linear"), ("onednn", "packed" if can_pack_weights() else "linear")):
+        packed = "packed" if can_pack_weights() else "linear"
+        for library, layout in (("default", "linear"), ("onednn", packed), ("split", packed)):
             monkeypatch.setenv(runtime.MATMUL_ENV, library)
             runtime.decoding_layout_choice.cache_clear()
             assert runtime.decoding_layout_choice(2048, 512, torch.float32) == layout

@@ -5,8 +5,9 @@ runs its AVX2 code even where the processor has AVX-512, so float32 gets half th
 EPYC (AVX-512), one thread, a (2048 x 384) @ (384 x 1536) product ran at 108 GFLOP/s through MKL and 240
 through oneDNN, with the gradient products alike (22 ms against 10-13 ms each). Which library is faster is
 measured once per process (runtime.onednn_matmul_pays), not assumed from the processor's name, so an Intel
-machine where MKL is as fast keeps it. The results are float32 products either way: only the order of the
-additions differs.
+machine where MKL is as fast keeps it; weight gradients are measured apart (runtime.onednn_weight_gradient_pays):
+on a Zen 4 EPYC oneDNN's were the slower, its other products the faster. The results are float32 products
+either way: only the order of the additions differs.
 """
 
 from __future__ import annotations
@@ -218,8 +219,9 @@ def _use_onednn(x: Tensor, weight: Tensor) -> bool:
 
 class _OneDNNLinear(torch.autograd.Function):
     """oneDNN's linear has no gradient formula in PyTorch: the backward pass is two more products, the input's
-    gradient through oneDNN and the weight's through the library timed faster for it (its first operand is a
-    transposed view, which oneDNN copies). x (N, in), weight (out, in) -> (N, out)."""
+    gradient through oneDNN and the weight's through the library chosen for it (its first operand is a
+    transposed view, which oneDNN copies: runtime.onednn_weight_gradient_pays).
+    x (N, in), weight (out, in) -> (N, out)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

@@ -604,7 +604,8 @@ class Trainer:
         for key, (old, new) in (changes or {}).items():
             self._print(f"resumed with {key} = {new} (was {old})")
         products = {"onednn": "; float32 products through oneDNN",
-                    "split": "; float32 products through oneDNN, weight gradients through MKL"}.get(library, "")
+                    "split": "; float32 products through oneDNN, weight gradients through the default library"
+                    }.get(library, "")
         self._print(f"precision {self.precision.name} ({self.precision.reason}){products}; {threads}; "
                     f"device {self.device}")
 
