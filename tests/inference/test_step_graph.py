@@ -137,3 +137,37 @@ def test_a_rewound_state_decodes_in_the_graph_as_in_the_eager_step():
         results.append(torch.stack([model.step(torch.tensor([[t + 20]]), state) for t in range(6)]))
     model.step_graphs = None
     torch.testing.assert_close(results[1], results[0], atol=1e-5, rtol=1e-5)
+
+
+def one_row_logits(model, graphs: bool) -> Tensor:
+    """A prompt of one row, then 12 steps of one token -> the steps' logits (12, 1, V): one-row products."""
+    model.step_graphs = None
+    if graphs:
+        compile_steps(model)
+    state = model.start(1, 20)
+    model.step(torch.tensor([[2, 3, 4]]), state)
+    logits = torch.stack([model.step(torch.tensor([[t]]), state) for t in range(7, 19)])
+    model.step_graphs = None
+    return logits
+
+
+@torch.no_grad()
+def test_a_large_weight_s_row_product_is_one_call_of_its_row_kernel_inside_the_graph(monkeypatch):
+    """In a traced step a one-row product with a weight of ROW_OPAQUE_MIN_BYTES or more calls its row kernel whole,
+    the smaller ones are the kernel's expression fused by inductor: both in one graph, the eager logits."""
+    from transformerkit.nn import linear
+
+    model = decoder("gpt-tiny")
+    layers = [m for m in model.modules() if isinstance(m, linear.Linear)]
+    for layer in layers:
+        layer.stream_rows()  # as load() gives them where the row kernel pays
+    eager = one_row_logits(model, False)
+    largest = max(layer.weight.nbytes for layer in layers)  # the feed-forward weights, 64 x 256
+    monkeypatch.setattr(linear, "ROW_OPAQUE_MIN_BYTES", largest)
+    calls = []
+    kernel = linear.row_kernel
+    monkeypatch.setattr(linear, "row_kernel", lambda *key: calls.append(key[:2]) or kernel(*key))
+    compiled = one_row_logits(model, True)
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+    large = {tuple(layer.weight.shape) for layer in layers if layer.weight.nbytes >= largest}
+    assert calls and set(calls) == large  # called whole: only the large weights, at every traced step

@@ -16,8 +16,8 @@ each beam's every position (DecodeState.follow_rows), and the graph reads each p
 a gather done as attention reads; 1.2-1.4x faster beam 5 at the shakespeare-char size, the same tokens.
 Two things stay as the eager step has them, measured faster than inductor's own code here: each product is one
 call of the kernel Linear chose at load time (nn/linear.py, decoding_product; a one-row product is the row
-kernel's expression, which inductor fuses), and attention is written out (with grouped-query heads, the fused
-kernel).
+kernel's expression, which inductor fuses, or for a weight of 4 MB and up the row kernel itself, called whole:
+ROW_OPAQUE_MIN_BYTES), and attention is written out (with grouped-query heads, the fused kernel).
 
 In float32 the tokens are the eager step's. In bfloat16 the graph rounds less often (inductor computes each fused
 chain of operations in float32 and rounds once), so where two tokens are near-tied the choice can differ.
