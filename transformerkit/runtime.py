@@ -321,8 +321,8 @@ def onednn_weight_gradient_pays() -> bool:
 
     Machines differ. On the AMD EPYC of nn/linear.py's figures oneDNN's gradients took 10-13 ms against MKL's 22,
     copy included (one thread, 2048 x 384 @ 384 x 1536). On a 2-core AMD EPYC of family 25, model 17 (Zen 4),
-    2 threads, 16,384 rows, they took 1.1-1.9x MKL's time (1536 x 384: 192 against 101 ms) while oneDNN's
-    forward and input-gradient products were 5-15% faster than MKL's; this probe's oneDNN took 1.10-1.42x MKL's
+    2 threads, 16,384 rows, they took 1.2-1.9x MKL's time (1536 x 384: 192 against 101 ms) while oneDNN's
+    forward and input-gradient products were 6-18% faster than MKL's; this probe's oneDNN took 1.10-1.42x MKL's
     time there (four probes)."""
     from .nn.linear import onednn_product
 

@@ -111,9 +111,10 @@ class Linear(nn.Linear):
         if self.row_product is not None and x.numel() == x.shape[-1] and self._row_product_applies(x, weight):
             bias = () if self.bias is None else (self.bias,)
             row = x.reshape(1, -1).contiguous()  # (1, in)
-            if runtime.tracing() and weight.nbytes >= ROW_OPAQUE_MIN_BYTES:  # see ROW_OPAQUE_MIN_BYTES
+            traced = runtime.tracing()
+            if traced and weight.nbytes >= ROW_OPAQUE_MIN_BYTES:  # see ROW_OPAQUE_MIN_BYTES
                 y = torch.ops.transformerkit.row_kernel_product(row, weight, self.bias)  # (1, out)
-            elif torch.compiler.is_compiling() or runtime.tracing():  # the same expression, fused with its neighbours
+            elif traced or torch.compiler.is_compiling():  # the same expression, fused with its neighbours
                 (y,) = multiply_and_sum(row, weight, *bias)
             else:
                 (y,) = self.row_product(row, weight, *bias)
