@@ -76,3 +76,19 @@ def test_rdrop_loss_is_both_passes_cross_entropy_plus_half_their_symmetric_diver
     same = torch.cat([h[:40], h[:40]])  # two passes that agree: nothing to pull together
     torch.testing.assert_close(losses.rdrop_loss(same, w, b, y, 0.1, alpha=5.0),
                                2 * linear_cross_entropy(h[:40], w, b, y, 0.1))
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_a_right_token_far_below_the_best_still_gets_its_true_loss(autocast):
+    """The log-sum-exp comes from the right token's probability, which underflows when its logit is far below
+    the row's best (exp(-200) is 0 in float32): those rows must still get their finite, exact loss."""
+    h = torch.zeros(3, 4)
+    h[:, 0] = 1.0
+    w = torch.zeros(6, 4)
+    w[0, 0], w[1, 0], w[2, 0] = 150.0, -50.0, 2.0  # logits (150, -50, 2, 0, 0, 0) in every row
+    y = torch.tensor([1, 2, 0])  # 200 below the best, 148 below, the best
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        ours = linear_cross_entropy(h, w, None, y, 0.1)
+    reference = F.cross_entropy(h @ w.t(), y, label_smoothing=0.1, reduction="sum")
+    assert torch.isfinite(ours)
+    torch.testing.assert_close(ours, reference)

@@ -49,19 +49,27 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, N, rows):
             h = hidden[start:start + rows].to(compute_dtype)  # (n, C)
             y = target[start:start + rows]  # (n,)
-            logits = linear(h, w).to(exact)  # (n, V)
+            logits = linear(h, w)  # (n, V), in the compute dtype
             if bias is not None:
-                logits += bias.to(exact)
-            picked = logits.gather(1, y[:, None]).squeeze(1)  # (n,)
-            mean = logits.mean(dim=-1)
-            top = logits.amax(dim=-1, keepdim=True)
-            probs = logits.sub_(top).exp_()  # unnormalised, in place
-            sum_exp = probs.sum(dim=-1, keepdim=True)
-            lse = (top + sum_exp.log()).squeeze(1)  # log-sum-exp: log of the softmax denominator
+                logits = logits.to(exact) + bias.to(exact)
+            # One softmax kernel (each row's max, exponentials and sum, row by row in cache) rather than six passes
+            # over the chunk's logits; the log-sum-exp comes back from the right token's probability: lse =
+            # logit - log p. A probability that underflowed (the right token 87 or more below the row's best in
+            # float32) has no usable log: those rows' lse are computed outright. The Trainer's step took 1-2%
+            # less time for it (multi30k-de-en both dtypes, gpt2-small bfloat16 2.4%; steps alternating in one
+            # process, AMD EPYC family 25 model 17).
+            probs = torch.softmax(logits, dim=-1, dtype=exact)  # (n, V)
+            picked = logits.gather(1, y[:, None]).squeeze(1).to(exact)  # (n,)
+            picked_prob = probs.gather(1, y[:, None]).squeeze(1)
+            lse = picked - picked_prob.log()
+            lost = picked_prob < torch.finfo(exact).tiny
+            if lost.any():
+                lse[lost] = logits[lost].to(exact).logsumexp(dim=-1)
+            mean = logits.mean(dim=-1, dtype=exact)
             total += ((1 - eps) * (lse - picked) + eps * (lse - mean)).sum()
             if not need_grad:
                 continue
-            g = probs.mul_(sum_exp.reciprocal()).to(compute_dtype)  # softmax (n, V)
+            g = probs.to(compute_dtype)  # softmax (n, V)
             # d loss / d logits = softmax - eps / V - (1 - eps) one_hot(y), multiplied out term by term
             grad_hidden[start:start + rows] = (linear(g, w.t()).to(exact) - (eps / V) * weight_sum
                                                - (1 - eps) * w[y].to(exact))
