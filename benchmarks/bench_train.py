@@ -8,7 +8,9 @@ dimensions, trained on the same batches with AdamW, clipping and the usual full-
 gpt2-small has no recipe of its own: it is the shakespeare-char recipe with GPT-2 small's dimensions and
 vocabulary (50,257) on random token windows. float32 everywhere; bfloat16 only where this machine multiplies
 it natively (runtime.native_bf16): emulated bf16 is 4-80x slower and nobody would train in it. MFU is model
-FLOPs per second over the matmul rate of a large matmul in the same dtype, measured in the same run.
+FLOPs per second over the matmul rate of a large matmul in the same dtype, measured in the same run. Each row
+also says how much of our step is spent in matmul kernels and the speedup a step of matmuls alone would reach
+(matmul_seconds): where a target is missed, how much room work outside the matmuls has left.
 Writes benchmarks/results/bench_train-<machine kind>.json, keeping the rows of sizes not measured in this run
 and those of other processors (common.kept_rows); float32 rows record the libraries that multiplied.
 """
@@ -156,6 +158,21 @@ def seconds_per_step(steps: dict, batches, n: int) -> dict[str, float]:
     return {name: total / n for name, total in seconds.items()}
 
 
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "mkldnn::_linear_pointwise")
+
+
+def matmul_seconds(step, batch) -> float:
+    """Seconds of one step spent inside matmul kernels, from the profiler's self time of the matmul ops (each
+    milliseconds long, so the profiler's own cost per op is noise). A step made of these alone, every other op
+    free, would take this long: the reference's step time over it bounds the speedup any work outside the
+    matmuls can buy, with the same matmul library."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step(batch)
+    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in MATMUL_OPS) / 1e6
+
+
 def reference_step(model, precision: str, label_smoothing: float):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
@@ -193,12 +210,14 @@ def main() -> None:
             rate = matmul_ceiling(dtype)  # probed before and after the row's timing, the better kept: the VM drifts
             timed = seconds_per_step({"ours": lambda b: trainer.step([b]),
                                       "reference": reference_step(reference, precision, smoothing)}, batches, steps)
+            in_matmuls = matmul_seconds(lambda b: trainer.step([b]), batches[2 % len(batches)])
             rate = max(rate, matmul_ceiling(dtype))
             ceilings[precision] = max(ceilings[precision], rate)
             ours, ref = timed["ours"], timed["reference"]
             row = {"size": size, "dtype": precision, "mode": "train", "ours_tokens_per_second": tokens / ours,
                    "reference_tokens_per_second": tokens / ref, "speedup": ref / ours,
                    "mfu": flops / ours / rate, "reference_mfu": flops / ref / rate, "flops_per_token": flops / tokens,
+                   "ours_matmul_share": in_matmuls / ours, "speedup_if_only_matmuls": ref / in_matmuls,
                    "matmul_ceiling_flops": rate, "reference": type(reference).__name__,
                    **machine_facts(), "precision": precision,
                    **({"fp32_matmul": runtime.float32_libraries()} if precision == "fp32" else {})}
@@ -208,8 +227,10 @@ def main() -> None:
                   flush=True)
     print(f"on {machine()}; best matmul rate " + ", ".join(f"{p} {c / 1e9:.0f} GFLOP/s" for p, c in ceilings.items()))
     print_table([(r["size"], r["dtype"], round(r["ours_tokens_per_second"]), round(r["reference_tokens_per_second"]),
-                  f"{r['speedup']:.2f}x", f"{r['mfu']:.1%}", f"{r['reference_mfu']:.1%}") for r in rows],
-                ("size", "dtype", "ours tok/s", "transformers tok/s", "speedup", "MFU", "reference MFU"))
+                  f"{r['speedup']:.2f}x", f"{r['mfu']:.1%}", f"{r['reference_mfu']:.1%}",
+                  f"{r['ours_matmul_share']:.0%}", f"{r['speedup_if_only_matmuls']:.2f}x") for r in rows],
+                ("size", "dtype", "ours tok/s", "transformers tok/s", "speedup", "MFU", "reference MFU",
+                 "ours in matmuls", "speedup bound"))
     name = f"bench_train-{machine_kind()}.json"
     print(f"wrote {write_json(name, kept_rows(RESULTS / name, rows) + rows)}")
 
