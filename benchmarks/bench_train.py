@@ -166,7 +166,8 @@ def matmul_seconds(step, batch) -> float:
     milliseconds long, so the profiler's own cost per op is noise). A step made of these alone, every other op
     free, would take this long: the reference's step time over it bounds the speedup any work outside the
     matmuls can buy, with the same matmul library. PyTorch's fused attention counts as outside (its products and
-    its softmax are one op), so where it runs, the float32 rows at 256 keys and more, the bound is looser."""
+    its softmax are one op), so where it runs (float32 beyond 64 keys: the shakespeare-char and gpt2-small rows),
+    the bound is looser."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
