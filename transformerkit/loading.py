@@ -112,9 +112,10 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None, dtyp
 def decoding_layout(model: nn.Module) -> None:
     """Store each float linear weight the way this machine multiplies one token by it fastest
     (runtime.decoding_layout_choice): re-strided (the same values and shapes, only the order in memory changes)
-    or with a packed copy beside it (nn/linear.py), and give it a compiled one-row kernel where that is faster
-    still (runtime.row_kernel_pays), so every result is the same up to float rounding. Decoding
-    reads every weight once a token, so its speed is the rate the weights stream at. Checkpoints and exports
+    or with a copy beside it (oneDNN's packed layout, or float32 for a small bfloat16 weight: nn/linear.py), and
+    give it a compiled one-row kernel where that is faster still (runtime.row_kernel_pays), so every result is
+    the same up to float rounding. Decoding reads every weight once a token, so its speed is the rate the weights
+    stream at, and for small weights each call's fixed cost. Checkpoints and exports
     write contiguous copies; quantizing reads one too. Called again after a change of dtype, it chooses afresh."""
     seen = set()  # a tied weight is met once per layer that holds it
     for module in model.modules():
@@ -129,8 +130,8 @@ def decoding_layout(model: nn.Module) -> None:
         layout = runtime.decoding_layout_choice(*weight.shape, weight.dtype)
         if layout == "transposed":
             weight.data = weight.data.t().contiguous().t()  # (out, in) shape, (in, out) in memory
-        elif layout == "packed" and isinstance(module, Linear):
-            module.pack()  # it serves few-row products: a batch's decoding step, a beam's
+        elif layout in ("packed", "float32") and isinstance(module, Linear):
+            module.pack(layout)  # it serves few-row products: a batch's decoding step, a beam's
         if isinstance(module, Linear):
             module.row_product = None  # the choice made for another dtype
             if runtime.row_kernel_pays(*weight.shape, weight.dtype, module.bias is not None):

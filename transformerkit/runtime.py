@@ -146,7 +146,9 @@ def quantized_kernel(width: int) -> tuple[torch.dtype, float]:
 def decoding_layout_choice(out_features: int, in_features: int, dtype: torch.dtype) -> str:
     """How this machine runs one token through an (out, in) linear layer fastest: with the weight in nn.Linear's
     (out, in) rows ("linear"), stored transposed ("transposed": rows of `out` values, as transformers' Conv1D
-    keeps GPT-2's), or with a copy packed into oneDNN's own blocked layout ("packed", see nn/linear.py).
+    keeps GPT-2's), with a copy packed into oneDNN's own blocked layout ("packed", see nn/linear.py), or, for a
+    bfloat16 weight under 1 MB, with a float32 copy multiplied in float32 ("float32", nn/linear.py's
+    packed_product).
 
     Decoding a token is one matrix-vector product per layer, bound by how fast the weights stream from memory
     and by each call's fixed cost, and these differ by layout. Measured on an AMD EPYC (AVX-512 bf16), float32:
@@ -154,13 +156,16 @@ def decoding_layout_choice(out_features: int, in_features: int, dtype: torch.dty
     output layer, but 22.0 against 18.2 for 768x3072. In bfloat16, oneDNN re-packs a plain weight at every call:
     a packed copy took 67 us against 135 for 3072x768 and 11.5 against 15 for 512x128, and greedy decoding with
     every layer packed went from 53 to 96 tokens/s at GPT-2 small's size, from 393 to 605 at the character
-    model's (one thread, the same tokens out). Timed on a pool of such weights larger than the caches
-    (transposing is only tried at 1 MB and up: smaller weights sit in the caches, where it was not seen to
-    matter), once per process, shape and dtype (tens of milliseconds); a layout must win by 5% to be chosen.
+    model's (one thread, the same tokens out). A small bfloat16 weight is faster still in float32, where a call
+    costs less (Zen 4 EPYC, 2 threads: 128x128 5.7 us against 15 packed; 384x384 16 against 18; 1536x384 57
+    against 25, streaming twice the bytes). Timed on a pool of such weights larger than the caches, or of 32 of
+    them (transposing and float32 are only tried under and over 1 MB: smaller weights sit in the caches, where
+    transposing was not seen to matter, and larger ones stream from memory, where twice the bytes cannot win),
+    once per process, shape and dtype (tens of milliseconds); a layout must win by 5% to be chosen.
     $TRANSFORMERKIT_MATMUL, when it fixes the library, fixes float32's layout too (packed where products with a
     weight go through oneDNN, "onednn" or "split"; nn.Linear's for "default"), untimed: the layouts round
     differently."""
-    from .nn.linear import can_pack_weights, onednn_product, pack_weight
+    from .nn.linear import can_pack_weights, pack_weight, packed_product
 
     if _fixed_float32_library(dtype):
         return "packed" if matmul_choice() in ("onednn", "split") and can_pack_weights(dtype) else "linear"
@@ -168,12 +173,16 @@ def decoding_layout_choice(out_features: int, in_features: int, dtype: torch.dty
     linear = torch.nn.functional.linear
     pools = {"linear": pool}
     runs = {"linear": lambda weight: linear(x, weight)}
-    if _weight_bytes(out_features, in_features, dtype) >= _TRANSPOSE_MIN_BYTES:
+    small = _weight_bytes(out_features, in_features, dtype) < _TRANSPOSE_MIN_BYTES
+    if not small:
         pools["transposed"] = [weight.t().contiguous().t() for weight in pool]
         runs["transposed"] = runs["linear"]
     if can_pack_weights(dtype):
         pools["packed"] = [pack_weight(weight) for weight in pool]
-        runs["packed"] = lambda packed: onednn_product(x, packed)
+        runs["packed"] = lambda copy: packed_product(x, copy, None)
+    if small and dtype == torch.bfloat16:
+        pools["float32"] = [weight.float() for weight in pool]
+        runs["float32"] = lambda copy: packed_product(x, copy, None)
     timed = {layout: _pool_pass(runs[layout], pools[layout]) for layout in pools}
     fastest = min(timed, key=timed.get)
     return fastest if timed[fastest] < 0.95 * timed["linear"] else "linear"
@@ -191,7 +200,7 @@ def row_kernel_pays(out_features: int, in_features: int, dtype: torch.dtype, bia
     gained less (oneDNN's bf16 kernels stream well): 140 to 143 and 635 to 680. Not tried where inductor cannot
     build kernels (no C++ compiler, or one that fails to build this kernel), for weights under ROW_KERNEL_MIN_BYTES,
     on the transposed layout (the kernel reads rows), or where $TRANSFORMERKIT_MATMUL fixes float32's library."""
-    from .nn.linear import ROW_KERNEL_MIN_BYTES, onednn_product, pack_weight, row_kernel
+    from .nn.linear import ROW_KERNEL_MIN_BYTES, onednn_product, pack_weight, packed_product, row_kernel
 
     if (_weight_bytes(out_features, in_features, dtype) < ROW_KERNEL_MIN_BYTES or _fixed_float32_library(dtype)
             or compile_unavailable("cpu") is not None):
@@ -207,6 +216,8 @@ def row_kernel_pays(out_features: int, in_features: int, dtype: torch.dtype, bia
     biases = [torch.zeros(out_features, dtype=dtype)] if bias else []
     if layout == "packed":
         chosen = _pool_pass(lambda packed: onednn_product(x, packed, *biases), [pack_weight(w) for w in pool])
+    elif layout == "float32":
+        chosen = _pool_pass(lambda copy: packed_product(x, copy, *biases), [w.float() for w in pool])
     else:
         chosen = _pool_pass(lambda weight: torch.nn.functional.linear(x, weight, *biases), pool)
     return _pool_pass(lambda weight: kernel(x, weight, *biases), pool) < 0.95 * chosen
@@ -264,9 +275,11 @@ def _weight_bytes(out_features: int, in_features: int, dtype: torch.dtype) -> in
 
 def _pool_pass(run, pool: list) -> float:
     """The best time of a pass of `run` over every weight of `pool`, after a first pass that warms up (kernel
-    selection, page faults)."""
-    times = []
-    for _ in range(3):
+    selection, page faults). Passes repeat for at least 10 ms: a pass of small weights takes a fraction of a
+    millisecond, and with 2 passes timed the choice between two layouts of a 256 x 128 weight flipped from one
+    process to the next (AMD EPYC)."""
+    times: list[float] = []
+    while len(times) < 3 or (sum(times[1:]) < 0.01 and len(times) < 100):
         start = time.perf_counter()
         for weight in pool:
             run(weight)

@@ -133,18 +133,20 @@ def test_linear_is_a_drop_in_nn_linear():
 packing = pytest.mark.skipif(not can_pack_weights(), reason="a PyTorch build without oneDNN's packed weights")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_a_packed_layer_gives_the_same_outputs_where_no_gradient_is_needed(dtype):
-    if not can_pack_weights(dtype):
+@pytest.mark.parametrize("layout, dtype", [("packed", torch.float32), ("packed", torch.bfloat16),
+                                           ("float32", torch.bfloat16)])
+def test_a_packed_layer_gives_the_same_outputs_where_no_gradient_is_needed(layout, dtype):
+    if layout == "packed" and not can_pack_weights(dtype):
         pytest.skip(f"oneDNN cannot pack {dtype} weights here")
     torch.manual_seed(0)
     layer = Linear(96, 80).to(dtype)
     x = torch.randn(3, 5, 96, dtype=dtype)  # (B, T, in)
     with torch.no_grad():
         plain = layer(x)
-        layer.pack()
+        layer.pack(layout)
         packed = layer(x)
-    assert layer.packed is not None
+    assert layer.packed is not None and layer.packed.dtype == (torch.float32 if layout == "float32" else dtype)
+    assert packed.dtype == dtype
     tolerance = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
     torch.testing.assert_close(packed, plain, **tolerance)
     out = layer(x)  # with a gradient to compute, the weight itself is read
@@ -200,6 +202,27 @@ def test_a_model_loaded_in_inference_mode_packs_and_runs(tmp_path, monkeypatch):
         loaded = tk.load(tmp_path / "ckpt", device="cpu")
         assert all(m.packed is not None for m in loaded.modules() if isinstance(m, Linear))
         torch.testing.assert_close(loaded(ids), model(ids), rtol=0, atol=1e-5)
+
+
+def test_a_float32_copy_is_offered_only_for_small_bfloat16_weights(monkeypatch):
+    """decoding_layout_choice times a float32 copy against the other layouts for bfloat16 weights under 1 MB (in
+    the caches, where a call's fixed cost is most of its time), never for larger ones or float32 weights. The
+    timing is injected: the float32 pool runs fastest wherever it is timed."""
+    runtime.decoding_layout_choice.cache_clear()
+    monkeypatch.setattr(runtime, "_pool_pass", lambda run, pool: 0.1 if pool[0].dtype == torch.float32 else 1.0)
+    monkeypatch.setattr(runtime, "_layout_pool", lambda out_features, in_features, dtype: (
+        torch.ones(1, in_features, dtype=dtype), [torch.ones(out_features, in_features, dtype=dtype)]))
+    try:
+        assert runtime.decoding_layout_choice(128, 128, torch.bfloat16) == "float32"
+        assert runtime.decoding_layout_choice(1024, 1024, torch.bfloat16) != "float32"  # 2 MB
+        assert runtime.decoding_layout_choice(128, 128, torch.float32) != "float32"
+    finally:
+        runtime.decoding_layout_choice.cache_clear()
+
+
+def test_pack_names_its_layouts():
+    with pytest.raises(ValueError, match="unknown layout"):
+        Linear(4, 4).pack("fp16")
 
 
 compiles = pytest.mark.skipif(runtime.compile_unavailable("cpu") is not None,

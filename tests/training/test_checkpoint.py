@@ -113,6 +113,28 @@ def test_load_stores_the_weights_as_the_probe_picks_and_nothing_downstream_notic
         assert torch.equal(a, b) and a.is_contiguous()
 
 
+def test_a_bfloat16_model_decodes_through_float32_copies_where_the_probe_picks_them(tmp_path, monkeypatch):
+    """The float32 layout injected for every bfloat16 weight: each layer keeps a float32 copy beside its bfloat16
+    weight and multiplies in float32, rounding once, so the logits are the bfloat16 model's (up to the order of
+    the additions), and saving writes the bfloat16 weights alone."""
+    from transformerkit import runtime
+
+    model = tk.build_model(tk.preset("gpt-tiny")).eval()
+    tk.save(model, tmp_path / "ckpt")
+    monkeypatch.setattr(runtime, "decoding_layout_choice", lambda out_features, in_features, dtype: "float32")
+    loaded = tk.load(tmp_path / "ckpt", device="cpu", dtype=torch.bfloat16)
+    layers = [m for m in loaded.modules() if isinstance(m, Linear)]
+    assert layers and all(m.weight.dtype == torch.bfloat16 and m.packed.dtype == torch.float32 for m in layers)
+    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids), model.to(torch.bfloat16)(ids), rtol=2e-2, atol=2e-2)
+    tk.save(loaded, tmp_path / "again")
+    again = tk.load(tmp_path / "again", device="cpu", layout=False)
+    assert all(m.packed is None for m in again.modules() if isinstance(m, Linear))
+    for a, b in zip(loaded.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b.to(a.dtype))
+
+
 def test_the_layout_is_chosen_again_after_a_change_of_dtype(tmp_path, monkeypatch):
     """As `--dtype bf16` does: loaded in float32 (transposed, say), then cast and laid out for bfloat16."""
     from transformerkit import runtime

@@ -63,22 +63,26 @@ def add_linear(out: Tensor, x: Tensor, weight: Tensor) -> Tensor:
 
 class Linear(nn.Linear):
     """nn.Linear (same parameters, same state dict, same initialisation) whose product goes through `linear`, or,
-    for the few-row products of decoding, through a packed copy of the weight (`pack()`) or, for one row, a kernel
-    compiled for its shape (`stream_rows()`)."""
+    for the few-row products of decoding, through a copy of the weight made for them (`pack()`) or, for one row, a
+    kernel compiled for its shape (`stream_rows()`)."""
 
-    packed: Tensor | None = None  # the weight in oneDNN's blocked layout (pack_weight), for inference
+    packed: Tensor | None = None  # for inference: the weight in oneDNN's blocked layout, or in float32 (pack)
     _packed_from: tuple[int, int | None] = (0, None)  # the weight's storage and version when it was packed
     row_product: Callable | None = None  # row_kernel for this weight, for inference (stream_rows)
     _row_for: tuple = ()  # what row_product was compiled for (_row_key)
 
-    def pack(self) -> None:
-        """Keep a copy of the weight in oneDNN's blocked layout, read instead of the weight where nothing needs a
-        gradient: oneDNN otherwise re-packs the weight at every call, which costs more than the product itself
-        for a few rows (runtime.decoding_layout_choice). The copy doubles the weight's memory. It is dropped when
-        the module is moved or cast, and at the next call after the weight changed in place (training,
-        load_state_dict); a write through `weight.data` goes unseen, so pack again after one."""
+    def pack(self, layout: str = "packed") -> None:
+        """Keep a copy of the weight, read instead of the weight where nothing needs a gradient: in oneDNN's
+        blocked layout ("packed"; oneDNN otherwise re-packs the weight at every call, which costs more than the
+        product itself for a few rows), or, for a bfloat16 weight small enough to sit in the caches, in float32
+        ("float32"; see packed_product). runtime.decoding_layout_choice says which pays. The copy takes as much
+        memory as the weight or twice as much. It is dropped when the module is moved or cast, and at the next
+        call after the weight changed in place (training, load_state_dict); a write through `weight.data` goes
+        unseen, so pack again after one."""
+        if layout not in ("packed", "float32"):
+            raise ValueError(f"unknown layout {layout!r}: packed or float32")
         weight = self.weight
-        self.packed = pack_weight(weight)
+        self.packed = pack_weight(weight) if layout == "packed" else weight.detach().float()
         # an inference-mode tensor has no version counter (and cannot be changed in place outside that mode)
         self._packed_from = (weight.data_ptr(), None if weight.is_inference() else weight._version)
 
@@ -124,7 +128,7 @@ class Linear(nn.Linear):
         packed = self.packed if self.packed is not None and self._packed_applies(x, weight) else None
         if runtime.tracing():  # recorded as one call of the kernel chosen here (decoding_product)
             return torch.ops.transformerkit.decoding_product(x, weight, self.bias, packed)
-        return linear(x, weight, self.bias) if packed is None else onednn_product(x, packed, self.bias)
+        return linear(x, weight, self.bias) if packed is None else packed_product(x, packed, self.bias)
 
     def _row_product_applies(self, x: Tensor, weight: Tensor) -> bool:
         if self._row_key() != self._row_for:
@@ -156,7 +160,20 @@ def decoding_product(x: Tensor, weight: Tensor, bias: Tensor | None, packed: Ten
     shakespeare-char size, one thread beside a training run; level in float32). Defined through
     torch.library.Library rather than custom_op, whose wrappers cost 5 us more a call (AMD EPYC): a step
     makes dozens."""
-    return linear(x, weight, bias) if packed is None else onednn_product(x, packed, bias)
+    return linear(x, weight, bias) if packed is None else packed_product(x, packed, bias)
+
+
+def packed_product(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
+    """x (..., in) @ weight^T + bias through Linear.pack's copy of the weight: oneDNN's blocked layout (the same
+    dtype as x), or a float32 copy of a bfloat16 weight. With the latter the product runs in float32 and is rounded
+    to bfloat16 once, as oneDNN's bfloat16 kernels accumulate in float32 and round the result: the same values up
+    to the order of the additions. It pays for small weights, which sit in the caches, where a call's fixed cost
+    is most of its time: oneDNN's bfloat16 call for one row of a 128 x 128 weight took 15 us packed and 20-22 plain,
+    the float32 one with its two casts 5.7 (2-core AMD EPYC of family 25, Zen 4, 2 threads)."""
+    if packed.dtype == x.dtype:
+        return onednn_product(x, packed, bias)
+    y = linear(x.float(), packed, None if bias is None else bias.float())  # (..., out) in float32
+    return y.to(x.dtype)
 
 
 _OPS = torch.library.Library("transformerkit", "DEF")
