@@ -220,9 +220,11 @@ def test_a_float32_copy_is_offered_only_for_small_bfloat16_weights(monkeypatch):
         runtime.decoding_layout_choice.cache_clear()
 
 
-def test_pack_names_its_layouts():
+def test_pack_names_its_layouts_and_copies_only_what_a_copy_serves():
     with pytest.raises(ValueError, match="unknown layout"):
         Linear(4, 4).pack("fp16")
+    with pytest.raises(ValueError, match="float32 already"):
+        Linear(4, 4).pack("float32")
 
 
 compiles = pytest.mark.skipif(runtime.compile_unavailable("cpu") is not None,

@@ -82,6 +82,8 @@ class Linear(nn.Linear):
         if layout not in ("packed", "float32"):
             raise ValueError(f"unknown layout {layout!r}: packed or float32")
         weight = self.weight
+        if layout == "float32" and weight.dtype == torch.float32:
+            raise ValueError("a float32 copy serves a bfloat16 weight; this one is float32 already")
         self.packed = pack_weight(weight) if layout == "packed" else weight.detach().float()
         # an inference-mode tensor has no version counter (and cannot be changed in place outside that mode)
         self._packed_from = (weight.data_ptr(), None if weight.is_inference() else weight._version)
