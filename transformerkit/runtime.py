@@ -179,10 +179,10 @@ def decoding_layout_choice(out_features: int, in_features: int, dtype: torch.dty
         runs["transposed"] = runs["linear"]
     if can_pack_weights(dtype):
         pools["packed"] = [pack_weight(weight) for weight in pool]
-        runs["packed"] = lambda copy: packed_product(x, copy, None)
+        runs["packed"] = lambda copy: packed_product(x, copy)
     if small and dtype == torch.bfloat16:
         pools["float32"] = [weight.float() for weight in pool]
-        runs["float32"] = lambda copy: packed_product(x, copy, None)
+        runs["float32"] = lambda copy: packed_product(x, copy)
     timed = {layout: _pool_pass(runs[layout], pools[layout]) for layout in pools}
     fastest = min(timed, key=timed.get)
     return fastest if timed[fastest] < 0.95 * timed["linear"] else "linear"

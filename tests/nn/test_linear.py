@@ -220,6 +220,19 @@ def test_a_float32_copy_is_offered_only_for_small_bfloat16_weights(monkeypatch):
         runtime.decoding_layout_choice.cache_clear()
 
 
+@pytest.mark.skipif(runtime.compile_unavailable("cpu") is not None, reason="inductor cannot build kernels here")
+@pytest.mark.parametrize("bias", [False, True])
+def test_the_row_kernel_is_timed_against_a_float32_copy_with_or_without_a_bias(monkeypatch, bias):
+    """A bias-free bfloat16 weight between the row kernel's 256 KB and the float32 copy's 1 MB (SmolLM2's 576 x 576
+    attention weights) is timed against its float32 copy when the layout probe picks that copy."""
+    runtime.row_kernel_pays.cache_clear()
+    monkeypatch.setattr(runtime, "decoding_layout_choice", lambda out_features, in_features, dtype: "float32")
+    try:
+        assert runtime.row_kernel_pays(512, 256, torch.bfloat16, bias) in (True, False)
+    finally:
+        runtime.row_kernel_pays.cache_clear()
+
+
 def test_pack_names_its_layouts_and_copies_only_what_a_copy_serves():
     with pytest.raises(ValueError, match="unknown layout"):
         Linear(4, 4).pack("fp16")

@@ -165,7 +165,7 @@ def decoding_product(x: Tensor, weight: Tensor, bias: Tensor | None, packed: Ten
     return linear(x, weight, bias) if packed is None else packed_product(x, packed, bias)
 
 
-def packed_product(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
+def packed_product(x: Tensor, packed: Tensor, bias: Tensor | None = None) -> Tensor:
     """x (..., in) @ weight^T + bias through Linear.pack's copy of the weight: oneDNN's blocked layout (the same
     dtype as x), or a float32 copy of a bfloat16 weight. With the latter the product runs in float32 and is rounded
     to bfloat16 once, as oneDNN's bfloat16 kernels accumulate in float32 and round the result: the same values up
