@@ -165,7 +165,7 @@ def decoding_layout_choice(out_features: int, in_features: int, dtype: torch.dty
     $TRANSFORMERKIT_MATMUL, when it fixes the library, fixes float32's layout too (packed where products with a
     weight go through oneDNN, "onednn" or "split"; nn.Linear's for "default"), untimed: the layouts round
     differently."""
-    from .nn.linear import can_pack_weights, pack_weight, packed_product
+    from .nn.linear import can_pack_weights, decoding_copy, packed_product
 
     if _fixed_float32_library(dtype):
         return "packed" if matmul_choice() in ("onednn", "split") and can_pack_weights(dtype) else "linear"
@@ -177,12 +177,12 @@ def decoding_layout_choice(out_features: int, in_features: int, dtype: torch.dty
     if not small:
         pools["transposed"] = [weight.t().contiguous().t() for weight in pool]
         runs["transposed"] = runs["linear"]
-    if can_pack_weights(dtype):
-        pools["packed"] = [pack_weight(weight) for weight in pool]
-        runs["packed"] = lambda copy: packed_product(x, copy)
+    copies = ["packed"] if can_pack_weights(dtype) else []
     if small and dtype == torch.bfloat16:
-        pools["float32"] = [weight.float() for weight in pool]
-        runs["float32"] = lambda copy: packed_product(x, copy)
+        copies.append("float32")
+    for layout in copies:
+        pools[layout] = [decoding_copy(weight, layout) for weight in pool]
+        runs[layout] = lambda copy: packed_product(x, copy)
     timed = {layout: _pool_pass(runs[layout], pools[layout]) for layout in pools}
     fastest = min(timed, key=timed.get)
     return fastest if timed[fastest] < 0.95 * timed["linear"] else "linear"
@@ -200,7 +200,7 @@ def row_kernel_pays(out_features: int, in_features: int, dtype: torch.dtype, bia
     gained less (oneDNN's bf16 kernels stream well): 140 to 143 and 635 to 680. Not tried where inductor cannot
     build kernels (no C++ compiler, or one that fails to build this kernel), for weights under ROW_KERNEL_MIN_BYTES,
     on the transposed layout (the kernel reads rows), or where $TRANSFORMERKIT_MATMUL fixes float32's library."""
-    from .nn.linear import ROW_KERNEL_MIN_BYTES, onednn_product, pack_weight, packed_product, row_kernel
+    from .nn.linear import ROW_KERNEL_MIN_BYTES, decoding_copy, packed_product, row_kernel
 
     if (_weight_bytes(out_features, in_features, dtype) < ROW_KERNEL_MIN_BYTES or _fixed_float32_library(dtype)
             or compile_unavailable("cpu") is not None):
@@ -214,10 +214,8 @@ def row_kernel_pays(out_features: int, in_features: int, dtype: torch.dtype, bia
         return False
     x, pool = _layout_pool(out_features, in_features, dtype)
     biases = [torch.zeros(out_features, dtype=dtype)] if bias else []
-    if layout == "packed":
-        chosen = _pool_pass(lambda packed: onednn_product(x, packed, *biases), [pack_weight(w) for w in pool])
-    elif layout == "float32":
-        chosen = _pool_pass(lambda copy: packed_product(x, copy, *biases), [w.float() for w in pool])
+    if layout in ("packed", "float32"):
+        chosen = _pool_pass(lambda copy: packed_product(x, copy, *biases), [decoding_copy(w, layout) for w in pool])
     else:
         chosen = _pool_pass(lambda weight: torch.nn.functional.linear(x, weight, *biases), pool)
     return _pool_pass(lambda weight: kernel(x, weight, *biases), pool) < 0.95 * chosen

@@ -84,7 +84,7 @@ class Linear(nn.Linear):
         weight = self.weight
         if layout == "float32" and weight.dtype == torch.float32:
             raise ValueError("a float32 copy serves a bfloat16 weight; this one is float32 already")
-        self.packed = pack_weight(weight) if layout == "packed" else weight.detach().float()
+        self.packed = decoding_copy(weight, layout)
         # an inference-mode tensor has no version counter (and cannot be changed in place outside that mode)
         self._packed_from = (weight.data_ptr(), None if weight.is_inference() else weight._version)
 
@@ -163,6 +163,12 @@ def decoding_product(x: Tensor, weight: Tensor, bias: Tensor | None, packed: Ten
     torch.library.Library rather than custom_op, whose wrappers cost 5 us more a call (AMD EPYC): a step
     makes dozens."""
     return linear(x, weight, bias) if packed is None else packed_product(x, packed, bias)
+
+
+def decoding_copy(weight: Tensor, layout: str) -> Tensor:
+    """The copy of an (out, in) weight that Linear.pack keeps for `layout` and packed_product reads: oneDNN's
+    blocked layout ("packed") or float32 ("float32")."""
+    return pack_weight(weight) if layout == "packed" else weight.detach().float()
 
 
 def packed_product(x: Tensor, packed: Tensor, bias: Tensor | None = None) -> Tensor:
